@@ -1,0 +1,35 @@
+# make demo: fresh venv, install, digits shards (then training, once the trainer lands)
+# make test: fresh venv, install, the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARDS ?= shards
+# DALI wheels exist for Linux x86_64 only; elsewhere the PyTorch data path is used.
+EXTRAS := test,viz$(shell [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && echo ,dali)
+
+.PHONY: install demo shards test lint bench clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+shards: install
+	$(BIN)/python tools/make_shards.py --data digits --out $(SHARDS) --workers 2
+
+demo: shards
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/make_shards.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

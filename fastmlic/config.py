@@ -1,0 +1,341 @@
+"""Typed, strict configuration: dataclass sections, YAML recipes and `--section.key=value` overrides.
+
+Precedence is defaults < YAML < command line. Every field has a type, a default and a one-line help
+string; an unknown key or a value of the wrong type is an error that names the key and, for a typo,
+the closest valid key. Recipes in `fastmlic/configs/` are found by bare name (`--cfg vg500.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; every user writes learning rates that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\.inf|\.nan)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be accepted; the message says which and why."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its one-line help; lists get a fresh copy per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("digits", "shard set name: shards are read from <shards>/<dataset>/<split>.json")
+    shards: str = option("shards", "directory that holds the shard sets written by tools/make_shards.py")
+    train_split: str = option("train", "split used for training")
+    val_split: str = option("val", "split used for evaluation")
+    image_size: int = option(448, "square training and evaluation image side in pixels")
+    batch_size: int = option(32, "images per device per step")
+    workers: int = option(4, "CPU threads (DALI) or worker processes (PyTorch) per device")
+    resize: Literal["squash", "random_resized_crop"] = option(
+        "squash", "squash-resize to the square (the MLIC default) or random resized crop"
+    )
+    crop_scale: list[float] = option([0.5, 1.0], "area range of random_resized_crop")
+    hflip: bool = option(True, "random horizontal flip in training")
+    randaugment_n: int = option(2, "RandAugment: operations per image (0 turns it off)")
+    randaugment_m: int = option(9, "RandAugment: magnitude bin, 0..30")
+    cutout: float = option(0.5, "Cutout side as a fraction of the image side (0 turns it off)")
+    mean: list[float] = option([0.485, 0.456, 0.406], "per-channel mean in [0, 1]; [0, 0, 0] for none")
+    std: list[float] = option([0.229, 0.224, 0.225], "per-channel std in [0, 1]; [1, 1, 1] for none")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = option("resnet50", "timm model name")
+    pretrained: bool = option(False, "load timm's pretrained weights from the hub")
+    pretrained_path: str | None = option(None, "load backbone weights from this local file instead")
+    head: Literal["linear", "label_attention"] = option("linear", "classification head")
+    drop_rate: float = option(0.0, "dropout before the classifier")
+
+
+@dataclass
+class LossConfig:
+    name: Literal["asl", "bce"] = option("asl", "classification loss")
+    gamma_pos: float = option(0.0, "ASL focusing exponent for positives")
+    gamma_neg: float = option(4.0, "ASL focusing exponent for negatives")
+    clip: float = option(0.05, "ASL probability margin for negatives (0 turns it off)")
+    eps: float = option(1e-8, "ASL floor inside the logarithm")
+    detach_focal: bool = option(True, "treat the ASL focusing weight as a constant in the gradient")
+    reduction: Literal["sum", "mean"] = option("sum", "sum over batch and classes (ASL) or mean")
+    scale: float = option(1.0, "multiplier after the reduction (mean x 1000 is the Query2Label form)")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = option("adam", "optimizer")
+    lr: float = option(1e-4, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay, applied to weights only (none on biases and norms)")
+    momentum: float = option(0.9, "SGD momentum")
+    backbone_lr_factor: float = option(1.0, "backbone learning rate as a fraction of lr")
+    schedule: Literal["onecycle", "cosine"] = option(
+        "onecycle", "learning-rate schedule, stepped per iteration"
+    )
+    pct_start: float = option(0.2, "OneCycle: fraction of training spent rising to the peak")
+    warmup_epochs: float = option(0.0, "cosine: linear warm-up length in epochs")
+    grad_clip: float = option(0.0, "clip the gradient norm to this value (0 turns it off)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(40, "training epochs")
+    seed: int = option(0, "random seed for model init, shuffling and augmentation")
+    amp: Literal["bf16", "fp16", "off"] = option(
+        "bf16", "mixed precision: bf16 (no scaler), fp16 (GradScaler) or off"
+    )
+    channels_last: bool = option(True, "NHWC memory format for images and the model")
+    out_dir: str = option("runs", "directory under which run folders are created")
+    map_flavour: Literal["non_interpolated", "voc2012"] = option(
+        "non_interpolated",
+        "headline mAP: ASL/ML-GCN non-interpolated AP or the VOC2012 interpolated envelope",
+    )
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = option(True, "keep an exponential moving average of the weights")
+    decay: float = option(0.9997, "EMA decay per step")
+    warmup: bool = option(False, "timm ModelEmaV3 warm-up: decay = 1 - (1 + step)^-2/3, capped at decay")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _sections(cfg_type: type = Config) -> dict[str, type]:
+    return {f.name: typing.get_type_hints(cfg_type)[f.name] for f in dataclasses.fields(cfg_type)}
+
+
+def _closest(name: str, valid: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if match:
+        return f"; did you mean '{prefix}{match[0]}'?"
+    return f"; valid: {', '.join(prefix + v for v in valid)}"
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """`value` as type `tp`, or a ConfigError naming `key`. Ints widen to floats; nothing else converts."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value in args:
+            return value
+        hint = _closest(str(value), [str(a) for a in args]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {_describe(tp)}{hint}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_describe(args[0])}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+    sections = _sections()
+    if section not in sections:
+        raise ConfigError(f"unknown config section '{section}'{_closest(section, list(sections))}")
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    if key not in hints:
+        raise ConfigError(f"unknown config key '{section}.{key}'{_closest(key, list(hints), section + '.')}")
+    setattr(sub, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_config(name: str | Path) -> Path:
+    """A recipe by path, or by bare name (`vg500.yaml` or `vg500`) from fastmlic/configs."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(
+        f"config file '{name}' not found (not a path, nor a recipe in {CONFIG_DIR}: {', '.join(known)})"
+    )
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str, Any]]:
+    """`--section.key=value` or `--section.key value` into (section, key, raw value)."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"cannot read '{arg}': overrides look like --section.key=value")
+        if "=" in arg:
+            name, raw = arg[2:].split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{arg} needs a value")
+            name, raw = arg[2:], args[i + 1]
+            i += 1
+        section, key = name.split(".", 1)
+        out.append((section, key, raw))
+        i += 1
+    return out
+
+
+def _override_value(section: str, key: str, raw: str) -> Any:
+    """A command-line value parsed as YAML, but string fields keep the text (`--model.backbone=123`)."""
+    value = _yaml(raw) if raw != "" else ""
+    hints = typing.get_type_hints(_sections().get(section, object))
+    tp = hints.get(key)
+    wants_str = tp is str or (
+        typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+    )
+    if wants_str and value is not None and not isinstance(value, (str, list, dict)):
+        return raw
+    return value
+
+
+def load_config(cfg: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML recipe `cfg` (if any), then the command-line `overrides`."""
+    config = Config()
+    if cfg is not None:
+        path = find_config(cfg)
+        try:
+            data = _yaml(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        for section, values in data.items():
+            if section not in _sections():
+                raise ConfigError(
+                    f"{path}: unknown config section '{section}'{_closest(section, list(_sections()))}"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping of keys")
+            for key, value in values.items():
+                try:
+                    _apply(config, section, key, value)
+                except ConfigError as e:
+                    raise ConfigError(f"{path}: {e}") from None
+    for section, key, raw in parse_overrides(overrides or []):
+        _apply(config, section, key, _override_value(section, key, raw))
+    validate(config)
+    return config
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each message names the flag to change."""
+    d = cfg.data
+    if d.image_size < 16:
+        raise ConfigError(f"data.image_size={d.image_size} is too small; use at least 16")
+    if d.batch_size < 1:
+        raise ConfigError(f"data.batch_size={d.batch_size} must be at least 1")
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise ConfigError("data.mean and data.std need three values (R, G, B)")
+    if any(s <= 0 for s in d.std):
+        raise ConfigError(f"data.std={d.std} must be positive")
+    if not 0 <= d.randaugment_m <= 30:
+        raise ConfigError(f"data.randaugment_m={d.randaugment_m} must be in 0..30")
+    if not (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1):
+        raise ConfigError(f"data.crop_scale={d.crop_scale} must be [low, high] with 0 < low <= high <= 1")
+    if not 0 <= d.cutout < 1:
+        raise ConfigError(f"data.cutout={d.cutout} must be in [0, 1)")
+    if not 0 < cfg.optim.pct_start < 1:
+        raise ConfigError(f"optim.pct_start={cfg.optim.pct_start} must be in (0, 1)")
+    if not 0 <= cfg.ema.decay < 1:
+        raise ConfigError(f"ema.decay={cfg.ema.decay} must be in [0, 1)")
+    if cfg.model.pretrained and cfg.model.pretrained_path:
+        raise ConfigError("set model.pretrained or model.pretrained_path, not both")
+
+
+def describe(cfg_type: type = Config) -> str:
+    """Every key with its type, default and help: what `--help` prints."""
+    lines = []
+    for section, section_type in _sections(cfg_type).items():
+        lines.append(f"{section}:")
+        hints = typing.get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(
+                f"  --{section}.{f.name}={default!r:<14} {_describe(hints[f.name])}: {f.metadata['help']}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fastmlic.config [--cfg NAME.yaml] [--section.key=value ...]` prints the resolved config."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fastmlic.config",
+        description="Print a resolved fastmlic config as YAML.",
+        epilog="keys (override with --section.key=value):\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--cfg", help="recipe name (vg500.yaml) or path to a YAML file")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.cfg, rest)
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
+    yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""One reader per raw benchmark. Each lists a split as (key, image source, positive ids, ignored ids).
+
+Listing reads only annotation files, so a missing or malformed annotation stops the run before any
+image is touched; images are read later, in parallel, by the shard writer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    image: Path | bytes  # the image file, or the encoded image itself (generated datasets)
+    positives: tuple[int, ...]
+    ignored: tuple[int, ...] = ()
+
+    def read(self) -> bytes:
+        return self.image if isinstance(self.image, bytes) else Path(self.image).read_bytes()
+
+
+@dataclass
+class SplitListing:
+    classes: list[str]
+    samples: list[Sample]
+    has_ignore: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)  # samples left out by convention, by reason
+    conventions: str = ""  # one line for SPLIT.json: how labels were derived
+
+
+class AnnotationError(ValueError):
+    """A missing or malformed annotation file; the message names the file."""
+
+
+DATASETS = ("voc2007", "mscoco", "nuswide", "vg500", "digits")
+
+
+def get_reader(name: str) -> ModuleType:
+    """The reader module for `name`: it has SPLITS, NEEDS_ROOT and list_split(root, split, **options)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    return importlib.import_module(f"fastmlic.datasets.{name}")
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not Path(path).is_file():
+        raise AnnotationError(f"{path}: {what} not found")
+    return Path(path)
+
+
+def first_existing(candidates: list[Path], what: str) -> Path:
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise AnnotationError(f"{what} not found; looked for {', '.join(str(p) for p in candidates)}")

@@ -1,0 +1,130 @@
+"""The shard format, read by the data pipeline, the trainer and outside tools.
+
+    shards/NAME/SPLIT-000000.tar   members KEY.jpg (JPEG bytes), KEY.lbl (C bytes, uint8 multi-hot, 1 =
+                                   positive) and, for datasets with an ignore mask, KEY.ign (C bytes, 1 =
+                                   ignore this class for this image in evaluation)
+    shards/NAME/SPLIT-000000.idx   DALI webdataset index (v1.2), so DALI never scans a tar
+    shards/NAME/SPLIT.json         class names, sample and shard counts, label statistics, provenance
+
+Keys contain only [A-Za-z0-9_-]: DALI takes everything after the first dot of a member name as its
+extension, and webdataset splits keys the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "fastmlic-shards/1"
+IMAGE_EXT, LABEL_EXT, IGNORE_EXT = "jpg", "lbl", "ign"
+DALI_INDEX_VERSION = "v1.2"
+_KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def make_key(text: str) -> str:
+    """A shard key from a file path or id: every character outside [A-Za-z0-9_-] becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def check_key(key: str) -> None:
+    if not _KEY_OK.match(key):
+        raise ValueError(f"shard key {key!r} may only contain letters, digits, '_' and '-'")
+
+
+def encode_multi_hot(ids: tuple[int, ...] | list[int], num_classes: int) -> bytes:
+    row = np.zeros(num_classes, dtype=np.uint8)
+    row[list(ids)] = 1
+    return row.tobytes()
+
+
+def decode_multi_hot(data: bytes, num_classes: int, where: str = "") -> np.ndarray:
+    row = np.frombuffer(data, dtype=np.uint8)
+    if row.size != num_classes or row.max(initial=0) > 1:
+        raise ValueError(f"{where}: expected {num_classes} bytes of 0/1, got {row.size} bytes")
+    return row
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}"
+
+
+def split_json_path(shard_dir: Path, split: str) -> Path:
+    return Path(shard_dir) / f"{split}.json"
+
+
+@dataclass
+class ShardEntry:
+    tar: str
+    index: str
+    num_samples: int
+    bytes: int
+
+
+@dataclass
+class SplitInfo:
+    """What `SPLIT.json` holds; `load` checks that every shard it lists is there."""
+
+    dataset: str
+    split: str
+    classes: list[str]
+    num_samples: int
+    shards: list[ShardEntry]
+    has_ignore: bool
+    positives: list[int]  # images in which each class is positive
+    ignored: list[int]  # images in which each class is marked ignore
+    cooccurrence: list[list[int]]  # C x C: images in which both classes are positive (diagonal = positives)
+    labels_per_image: dict[str, float]
+    dropped: dict[str, int] = field(default_factory=dict)  # samples left out, by reason
+    reencoded: dict[str, int] = field(default_factory=dict)  # images re-encoded, by reason
+    source: dict[str, str] = field(default_factory=dict)  # dataset conventions, root, command, version
+    plan: dict[str, object] = field(default_factory=dict)  # what fixes the shard contents (resume check)
+    format: str = FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def shard_paths(self, root: Path) -> list[Path]:
+        return [Path(root) / s.tar for s in self.shards]
+
+    def index_paths(self, root: Path) -> list[Path]:
+        return [Path(root) / s.index for s in self.shards]
+
+    def save(self, path: Path) -> None:
+        # one top-level key per line, values compact: readable, and fast for a 500 x 500 matrix
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["shards"] = [asdict(s) for s in self.shards]
+        text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items()) + "\n}\n"
+        write_atomic(Path(path), text.encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitInfo:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: split description not found (run tools/make_shards.py first)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
+        raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]
+        info = cls(**raw)
+        for entry in info.shards:
+            for name in (entry.tar, entry.index):
+                if not (path.parent / name).is_file():
+                    raise FileNotFoundError(f"{path.parent / name}: listed in {path} but missing")
+        return info
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a file that looks complete."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

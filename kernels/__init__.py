@@ -1,0 +1,1 @@
+"""Fused Triton loss kernels beside their PyTorch references; installed as `fastmlic.kernels`."""

@@ -1,0 +1,107 @@
+import pytest
+
+from fastmlic.config import (
+    CONFIG_DIR,
+    Config,
+    ConfigError,
+    describe,
+    find_config,
+    load_config,
+    parse_overrides,
+)
+
+
+def test_defaults_are_valid_and_every_field_has_help():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    text = describe()
+    for section in ("data", "model", "loss", "optim", "train", "ema"):
+        assert f"{section}:" in text
+    assert all(": " in line for line in text.splitlines() if line.startswith("  --"))
+
+
+@pytest.mark.parametrize("name", ["digits", "voc2007", "mscoco", "nuswide", "vg500"])
+def test_every_recipe_loads_by_bare_name(name):
+    cfg = load_config(f"{name}.yaml")
+    assert cfg.data.dataset == name
+    assert load_config(name) == cfg  # without the extension too
+
+
+def test_field_settings_of_the_recipes():
+    assert load_config("vg500.yaml").data.image_size == 512
+    for name in ("voc2007", "mscoco", "nuswide"):
+        assert load_config(name).data.image_size == 448
+    coco = load_config("mscoco")
+    assert (coco.loss.name, coco.loss.gamma_neg, coco.loss.gamma_pos, coco.loss.clip) == (
+        "asl",
+        4.0,
+        0.0,
+        0.05,
+    )
+    assert coco.ema.decay == 0.9997 and coco.optim.schedule == "onecycle"
+    assert load_config("voc2007").optim.pct_start != coco.optim.pct_start
+
+
+def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("optim:\n  lr: 2e-4\n  pct_start: 0.3\ndata:\n  image_size: 224\n")
+    cfg = load_config(path, ["--optim.lr=5e-5", "--data.batch_size", "12"])
+    assert cfg.optim.lr == 5e-5  # command line beats YAML
+    assert cfg.optim.pct_start == 0.3  # YAML beats default
+    assert cfg.data.image_size == 224
+    assert cfg.data.batch_size == 12
+    assert cfg.optim.weight_decay == Config().optim.weight_decay  # untouched default
+
+
+def test_unknown_key_names_the_closest_valid_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*did you mean 'optim\.lr'"):
+        load_config(None, ["--optim.lrr=0.1"])
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*'train\.epocs'.*'train\.epochs'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown config section 'optm'.*'optim'"):
+        load_config(None, ["--optm.lr=1"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--data.image_size=big", r"data\.image_size: expected int"),
+        ("--data.image_size=2.5", r"data\.image_size: expected int"),
+        ("--ema.enabled=1", r"ema\.enabled: expected bool"),
+        ("--data.mean=0.5", r"data\.mean: expected a list"),
+        ("--data.mean=[0.5, x, 0.5]", r"data\.mean\[1\]: expected float"),
+        ("--model.head=label_atention", r"not one of .*did you mean 'label_attention'"),
+    ],
+)
+def test_wrong_types_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_ints_widen_to_float_and_strings_stay_strings():
+    cfg = load_config(None, ["--optim.lr=1", "--model.backbone=123", "--model.pretrained_path=null"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.backbone == "123"
+    assert cfg.model.pretrained_path is None
+
+
+def test_cross_field_checks_name_the_flag():
+    with pytest.raises(ConfigError, match="optim.pct_start"):
+        load_config(None, ["--optim.pct_start=1.5"])
+    with pytest.raises(ConfigError, match="model.pretrained or model.pretrained_path"):
+        load_config(None, ["--model.pretrained=true", "--model.pretrained_path=w.pth"])
+
+
+def test_missing_config_file_lists_the_recipes():
+    with pytest.raises(ConfigError, match="vg500.yaml"):
+        find_config("nope.yaml")
+    assert find_config("vg500.yaml") == CONFIG_DIR / "vg500.yaml"
+
+
+def test_malformed_overrides():
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        parse_overrides(["lr=3"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--optim.lr"])

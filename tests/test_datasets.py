@@ -1,0 +1,117 @@
+"""The readers on tiny raw trees: the conventions pinned in the README."""
+
+import pytest
+import rawdata
+
+from fastmlic.datasets import AnnotationError, digits, get_reader, mscoco, nuswide, vg500, voc2007
+
+
+def by_key(listing):
+    return {s.key: s for s in listing.samples}
+
+
+def test_voc_difficult_only_is_ignore_and_one_easy_instance_is_positive(tmp_path, rng):
+    rawdata.make_voc(tmp_path, rng)
+    train = by_key(voc2007.list_split(tmp_path, "trainval"))
+    C = voc2007.CLASSES
+    assert train["000001"].positives == (C.index("dog"), C.index("person"))
+    assert train["000002"].positives == (C.index("cat"),) and train["000002"].ignored == (C.index("chair"),)
+    assert train["000003"].positives == (C.index("car"),) and train["000003"].ignored == ()
+    test = voc2007.list_split(tmp_path / "VOC2007", "test")  # the VOC2007 folder itself works too
+    assert test.has_ignore and by_key(test)["000005"].positives == ()
+
+
+def test_voc_missing_annotation_fails_naming_the_file(tmp_path, rng):
+    rawdata.make_voc(tmp_path, rng)
+    (tmp_path / "VOC2007" / "Annotations" / "000002.xml").unlink()
+    with pytest.raises(AnnotationError, match="000002.xml"):
+        voc2007.list_split(tmp_path, "trainval")
+    (tmp_path / "VOC2007" / "ImageSets" / "Main" / "test.txt").unlink()
+    with pytest.raises(AnnotationError, match=r"test\.txt: VOC2007 image list"):
+        voc2007.list_split(tmp_path, "test")
+
+
+def test_coco_category_id_order_and_unannotated_images_dropped(tmp_path, rng):
+    meta = rawdata.make_coco(tmp_path, rng)
+    train = mscoco.list_split(tmp_path, "train")
+    assert train.classes == meta["classes"]  # ids 1, 3, 18
+    keys = by_key(train)
+    assert set(keys) == {
+        "COCO_train2014_000000000009",
+        "COCO_train2014_000000000025",
+        "COCO_train2014_000000000042",
+    }
+    assert train.dropped == {"no annotations": 1}
+    assert keys["COCO_train2014_000000000009"].positives == (0, 2)
+    assert keys["COCO_train2014_000000000042"].positives == (0,)  # two persons, one label
+
+
+def test_coco_missing_annotation_file(tmp_path):
+    with pytest.raises(AnnotationError, match=r"instances_val2014\.json: COCO annotation file not found"):
+        mscoco.list_split(tmp_path, "val")
+
+
+def test_nuswide_conventions(tmp_path, rng):
+    meta = rawdata.make_nuswide(tmp_path, rng)
+    train = nuswide.list_split(tmp_path, "train")
+    assert train.classes == meta["classes"]
+    keys = by_key(train)
+    assert set(keys) == {"actor_0001_111", "lake_0002_222"}  # lake\0003 has no label (-1130179 is not > 0)
+    assert train.dropped == {"no label": 1}
+    assert keys["actor_0001_111"].positives == (0, 5)
+    assert keys["actor_0001_111"].image == tmp_path / "Flickr" / "actor" / "0001_111.jpg"
+
+
+def test_nuswide_label_file_with_wrong_length(tmp_path, rng):
+    rawdata.make_nuswide(tmp_path, rng)
+    bad = tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_concept07_Test.txt"
+    bad.write_text("0\n")
+    with pytest.raises(AnnotationError, match="Labels_concept07_Test.txt: 1 labels for 2 images"):
+        nuswide.list_split(tmp_path, "test")
+
+
+def test_vg500_finds_images_in_either_folder(tmp_path, rng):
+    rawdata.make_vg500(tmp_path, rng)
+    train = vg500.list_split(tmp_path, "train")
+    assert len(train.classes) == 500
+    keys = by_key(train)
+    assert keys["2"].image == tmp_path / "VG_100K_2" / "2.jpg"
+    assert keys["1"].positives == (0, 499) and keys["3"].positives == (7, 12)
+
+
+def test_vg500_image_without_labels_is_an_error(tmp_path, rng):
+    rawdata.make_vg500(tmp_path, rng)
+    (tmp_path / "ssgrl_partition" / "test_list_500.txt").write_text("4.jpg\n99.jpg\n")
+    with pytest.raises(AnnotationError, match="no labels for 1 images.*99.jpg"):
+        vg500.list_split(tmp_path, "test")
+
+
+def test_digits_is_deterministic_multilabel_and_uses_disjoint_sources():
+    a = digits.list_split(None, "train", seed=3, size=48, num_samples=200)
+    b = digits.list_split(None, "train", seed=3, size=48, num_samples=200)
+    assert [(s.key, s.image, s.positives) for s in a.samples] == [
+        (s.key, s.image, s.positives) for s in b.samples
+    ]
+    counts = [len(s.positives) for s in a.samples]
+    assert min(counts) == 1 and max(counts) == 4
+    assert (
+        digits.list_split(None, "train", seed=4, size=48, num_samples=5).samples[0].image
+        != a.samples[0].image
+    )
+    pools = digits._source_pools(3)
+    for d in range(10):
+        train_rows = {r.tobytes() for r in pools["train"][d]}
+        assert not any(r.tobytes() in train_rows for r in pools["val"][d])
+
+
+def test_digits_partner_pairs_cooccur_more_than_others():
+    listing = digits.list_split(None, "val", size=32, num_samples=1500)
+    together = lambda a, b: sum(a in s.positives and b in s.positives for s in listing.samples)  # noqa: E731
+    for d, partner in digits.PARTNER.items():
+        others = [together(d, o) for o in range(10) if o not in (d, partner)]
+        assert together(d, partner) > 2 * max(others)
+
+
+def test_registry_rejects_unknown_dataset():
+    with pytest.raises(ValueError, match="choose one of"):
+        get_reader("imagenet")

@@ -1,0 +1,237 @@
+"""tools/make_shards.py end to end on tiny raw trees: format, round trip, bad input, resume."""
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import rawdata
+import webdataset as wds
+from conftest import ROOT
+from PIL import Image
+
+from fastmlic.datasets import Sample, SplitListing
+from fastmlic.shards.build import build_split
+from fastmlic.shards.format import SplitInfo, encode_multi_hot, split_json_path
+
+spec = importlib.util.spec_from_file_location("make_shards", ROOT / "tools" / "make_shards.py")
+make_shards = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_shards)
+
+MAKERS = {
+    "voc2007": rawdata.make_voc,
+    "mscoco": rawdata.make_coco,
+    "nuswide": rawdata.make_nuswide,
+    "vg500": rawdata.make_vg500,
+}
+
+
+def read_back(shard_dir, split):
+    """Every sample through plain webdataset: {key: (jpg bytes, lbl, ign or None)}."""
+    info = SplitInfo.load(split_json_path(shard_dir, split))
+    urls = [str(p) for p in info.shard_paths(shard_dir)]
+    out = {}
+    for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        lbl = np.frombuffer(s["lbl"], np.uint8)
+        ign = np.frombuffer(s["ign"], np.uint8) if "ign" in s else None
+        out[s["__key__"]] = (s["jpg"], lbl, ign)
+    return info, out
+
+
+@pytest.mark.parametrize("dataset", list(MAKERS))
+def test_round_trip_through_webdataset(tmp_path, rng, dataset):
+    raw = tmp_path / "raw"
+    meta = MAKERS[dataset](raw, rng)
+    rc = make_shards.main(
+        [
+            "--data",
+            dataset,
+            "--root",
+            str(raw),
+            "--out",
+            str(tmp_path / "shards"),
+            "--shard-size",
+            "2",
+            "--workers",
+            "2",
+        ]
+    )
+    assert rc == 0
+    from fastmlic.datasets import get_reader
+
+    reader = get_reader(dataset)
+    for split in reader.SPLITS:
+        listing = reader.list_split(raw, split)
+        info, samples = read_back(tmp_path / "shards" / dataset, split)
+        assert info.classes == meta["classes"] and info.dataset == dataset
+        expected = {s.key: s for s in listing.samples if s.key != "000004"}  # VOC's corrupt image
+        assert set(samples) == set(expected)
+        assert info.num_samples == len(samples) == sum(s.num_samples for s in info.shards)
+        C = len(info.classes)
+        positives = np.zeros(C, int)
+        for key, (jpg, lbl, ign) in samples.items():
+            assert lbl.tobytes() == encode_multi_hot(expected[key].positives, C)
+            assert (ign is not None) == listing.has_ignore
+            if ign is not None:
+                assert ign.tobytes() == encode_multi_hot(expected[key].ignored, C)
+            im = Image.open(io.BytesIO(jpg))
+            assert im.format == "JPEG" and im.mode in ("RGB", "L")
+            positives += lbl
+        assert info.positives == positives.tolist()
+        co = np.array(info.cooccurrence)
+        assert co.shape == (C, C) and (np.diag(co) == positives).all() and (co == co.T).all()
+
+
+def test_voc_png_reencoded_and_corrupt_image_skipped_counted_and_reported(tmp_path, rng):
+    rawdata.make_voc(tmp_path / "raw", rng)
+    assert (
+        make_shards.main(["--data", "voc2007", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "s")])
+        == 0
+    )
+    trainval = SplitInfo.load(tmp_path / "s" / "voc2007" / "trainval.json")
+    assert trainval.reencoded == {"format PNG": 1}
+    assert trainval.ignored[rawdata.VOC_CLASSES.index("chair")] == 1
+    test = SplitInfo.load(tmp_path / "s" / "voc2007" / "test.json")
+    assert test.num_samples == 1 and test.dropped == {"corrupt image": 1}
+    report = (tmp_path / "s" / "voc2007" / "test.skipped.tsv").read_text().splitlines()
+    assert report[0] == "shard\tkey\tsource\treason"
+    assert report[1].startswith("test-000000\t000004\t") and "000004.jpg" in report[1]
+
+
+def test_coco_grayscale_passes_through_and_unannotated_is_counted(tmp_path, rng):
+    raw = tmp_path / "raw"
+    rawdata.make_coco(raw, rng)
+    assert make_shards.main(["--data", "mscoco", "--root", str(raw), "--out", str(tmp_path / "s")]) == 0
+    info, samples = read_back(tmp_path / "s" / "mscoco", "train")
+    assert info.dropped == {"no annotations": 1} and info.reencoded == {}
+    gray = samples["COCO_train2014_000000000025"][0]
+    assert gray == (raw / "train2014" / "COCO_train2014_000000000025.jpg").read_bytes()
+    assert Image.open(io.BytesIO(gray)).mode == "L"
+
+
+def test_missing_annotation_stops_before_any_work(tmp_path, rng, capsys):
+    rawdata.make_nuswide(tmp_path / "raw", rng)
+    (tmp_path / "raw" / "Groundtruth" / "TrainTestLabels" / "Labels_concept03_Test.txt").unlink()
+    assert (
+        make_shards.main(["--data", "nuswide", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "s")])
+        == 2
+    )
+    assert "Labels_concept03_Test.txt" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing written, not even the train split
+
+
+def test_missing_images_listed_and_skip_missing(tmp_path, rng, capsys):
+    raw = tmp_path / "raw"
+    rawdata.make_vg500(raw, rng)
+    (raw / "VG_100K" / "3.jpg").unlink()
+    args = ["--data", "vg500", "--root", str(raw), "--out", str(tmp_path / "s")]
+    assert make_shards.main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 images are missing" in err and "3.jpg" in err and "--skip-missing" in err
+    assert make_shards.main(args + ["--skip-missing"]) == 0
+    info = SplitInfo.load(tmp_path / "s" / "vg500" / "train.json")
+    assert info.num_samples == 2 and info.dropped == {"missing image": 1}
+
+
+def test_index_files_match_dalis_own_indexer(tmp_path, rng):
+    wds2idx = shutil.which("wds2idx", path=str(ROOT / ".venv" / "bin")) or shutil.which("wds2idx")
+    if wds2idx is None:
+        pytest.skip("DALI's wds2idx is not installed")
+    rawdata.make_voc(tmp_path / "raw", rng)
+    make_shards.main(["--data", "voc2007", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "s")])
+    tar = tmp_path / "s" / "voc2007" / "trainval-000000.tar"
+    subprocess.run([wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True)
+    assert (tmp_path / "ref.idx").read_text() == tar.with_suffix(".idx").read_text()
+
+
+def _listing(n, rng, C=5):
+    samples = [Sample(f"k{i:03d}", rawdata.image_bytes(rng, (16, 16)), (i % C,)) for i in range(n)]
+    return SplitListing([f"c{i}" for i in range(C)], samples)
+
+
+def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rng):
+    listing = _listing(10, rng)
+    out = tmp_path / "s"
+    first = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
+    assert first.shards_written == 4 and first.info.num_samples == 10
+    reference = {p.name: p.read_bytes() for p in out.glob("train-*")}
+    # simulate a crash while shard 2 was written: its tar and index are gone, a temporary is left
+    (out / "train-000002.idx").unlink()
+    (out / ".train-000002.tar.tmp999").write_bytes(b"partial")
+    second = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
+    assert (second.shards_written, second.shards_reused) == (1, 3)
+    assert {p.name: p.read_bytes() for p in out.glob("train-*")} == reference
+    assert (
+        second.info.positives == first.info.positives and second.info.cooccurrence == first.info.cooccurrence
+    )
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, rng):
+    listing = _listing(6, rng)
+    build_split(listing, tmp_path, "train", dataset="toy", shard_size=3)
+    with pytest.raises(ValueError, match="shard_size.*--overwrite"):
+        build_split(listing, tmp_path, "train", dataset="toy", shard_size=2)
+    report = build_split(listing, tmp_path, "train", dataset="toy", shard_size=2, overwrite=True)
+    assert report.shards_written == 3 and len(list(tmp_path.glob("train-*.tar"))) == 3
+
+
+def test_training_split_is_shuffled_once_and_evaluation_keeps_order(tmp_path, rng):
+    listing = _listing(20, rng)
+    build_split(listing, tmp_path / "a", "val", dataset="toy", shard_size=7)
+    build_split(listing, tmp_path / "b", "train", dataset="toy", shard_size=7, shuffle_seed=0)
+
+    def keys(folder, split):
+        tars = sorted(folder.glob(f"{split}-*.tar"))
+        return [m.name.split(".")[0] for t in tars for m in tarfile.open(t) if m.name.endswith(".jpg")]
+
+    assert keys(tmp_path / "a", "val") == [s.key for s in listing.samples]
+    shuffled = keys(tmp_path / "b", "train")
+    assert sorted(shuffled) == [s.key for s in listing.samples] and shuffled != sorted(shuffled)
+
+
+def test_split_json_load_fails_on_a_missing_shard(tmp_path, rng):
+    build_split(_listing(4, rng), tmp_path, "val", dataset="toy", shard_size=2)
+    (tmp_path / "val-000001.tar").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val-000001\.tar: listed in .*val\.json but missing"):
+        SplitInfo.load(tmp_path / "val.json")
+
+
+def test_split_json_content(tmp_path, rng):
+    rc = make_shards.main(
+        [
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path),
+            "--digits-train",
+            "60",
+            "--digits-val",
+            "20",
+            "--digits-size",
+            "32",
+            "--shard-size",
+            "25",
+        ]
+    )
+    assert rc == 0
+    raw = json.loads((tmp_path / "digits" / "train.json").read_text())
+    assert raw["classes"] == [str(d) for d in range(10)] and raw["num_samples"] == 60
+    assert [s["num_samples"] for s in raw["shards"]] == [25, 25, 10]
+    assert raw["source"]["command"].startswith("python tools/make_shards.py --data digits")
+    assert 1 <= raw["labels_per_image"]["mean"] <= 4 and raw["format"] == "fastmlic-shards/1"
+
+
+def test_cli_help_and_errors():
+    tool = [sys.executable, str(ROOT / "tools" / "make_shards.py")]
+    assert "--max-side" in subprocess.run(tool + ["--help"], capture_output=True, text=True).stdout
+    r = subprocess.run(tool + ["--data", "mscoco"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--root is required" in r.stderr
+    r = subprocess.run(
+        tool + ["--data", "vg500", "--root", "/does/not/exist"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "no such folder" in r.stderr

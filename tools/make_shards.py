@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Turn a multi-label benchmark in its raw layout into WebDataset tar shards with DALI indexes.
+
+    python tools/make_shards.py --data digits                       # embedded, needs no download
+    python tools/make_shards.py --data voc2007 --root ~/data/VOCdevkit --workers 8
+    python tools/make_shards.py --data mscoco --root ~/data/coco --max-side 640
+
+Writes shards/NAME/SPLIT-000000.tar (+ .idx) and shards/NAME/SPLIT.json. Annotation problems stop
+the run before any image is read; missing images stop it unless --skip-missing; corrupt images are
+skipped, counted and listed in SPLIT.skipped.tsv. Re-running resumes: complete shards are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fastmlic import __version__
+from fastmlic.datasets import DATASETS, AnnotationError, SplitListing, get_reader
+from fastmlic.shards.build import ImageOptions, SplitReport, build_split
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, choices=DATASETS, help="which benchmark to convert")
+    p.add_argument("--root", type=Path, help="raw dataset folder (not needed for digits)")
+    p.add_argument("--out", type=Path, default=Path("shards"), help="output folder; shards go to OUT/DATA/")
+    p.add_argument("--splits", nargs="+", help="only these splits (default: all of the dataset's splits)")
+    p.add_argument("--workers", type=int, default=1, help="processes that read, check and re-encode images")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--max-side", type=int, help="downsize images whose longer side exceeds this (re-encodes)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoded images")
+    p.add_argument(
+        "--check",
+        choices=["decode", "structure"],
+        default="decode",
+        help="decode every image (safe for DALI) or only walk the JPEG markers (faster, for trusted data)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="shuffle seed for the training split (and digits content)"
+    )
+    p.add_argument(
+        "--skip-missing", action="store_true", help="drop and count missing images instead of stopping"
+    )
+    p.add_argument("--overwrite", action="store_true", help="rewrite shards made with other settings")
+    g = p.add_argument_group("digits")
+    g.add_argument("--digits-size", type=int, default=96, help="image side of the composed digits images")
+    g.add_argument("--digits-train", type=int, default=10_000, help="training images")
+    g.add_argument("--digits-val", type=int, default=2_000, help="validation images")
+    args = p.parse_args(argv)
+    reader = get_reader(args.data)
+    if reader.NEEDS_ROOT and args.root is None:
+        p.error(f"--root is required for --data {args.data}")
+    if args.root is not None and not args.root.is_dir():
+        p.error(f"--root {args.root}: no such folder")
+    unknown = set(args.splits or []) - set(reader.SPLITS)
+    if unknown:
+        p.error(
+            f"--splits: {', '.join(sorted(unknown))} not in {args.data}'s splits {', '.join(reader.SPLITS)}"
+        )
+    if args.shard_size < 1 or args.workers < 1:
+        p.error("--shard-size and --workers must be at least 1")
+    return args
+
+
+def list_splits(args: argparse.Namespace) -> dict[str, SplitListing]:
+    reader = get_reader(args.data)
+    listings = {}
+    for split in args.splits or reader.SPLITS:
+        if args.data == "digits":
+            size = args.digits_train if split == "train" else args.digits_val
+            listings[split] = reader.list_split(
+                None, split, seed=args.seed, size=args.digits_size, num_samples=size
+            )
+        else:
+            listings[split] = reader.list_split(args.root, split)
+    return listings
+
+
+def drop_missing_images(listings: dict[str, SplitListing], skip: bool) -> None:
+    """Stop on missing image files (listing the first few), or drop and count them with --skip-missing."""
+    missing = {
+        split: [s for s in lst.samples if isinstance(s.image, Path) and not s.image.is_file()]
+        for split, lst in listings.items()
+    }
+    total = sum(len(m) for m in missing.values())
+    if not total:
+        return
+    first = [str(s.image) for m in missing.values() for s in m][:10]
+    if not skip:
+        raise FileNotFoundError(
+            f"{total} images are missing:\n  "
+            + "\n  ".join(first)
+            + (f"\n  ... and {total - len(first)} more" if total > len(first) else "")
+            + "\npass --skip-missing to write the shards without them"
+        )
+    for split, lst in listings.items():
+        gone = {s.key for s in missing[split]}
+        if gone:
+            lst.samples = [s for s in lst.samples if s.key not in gone]
+            lst.dropped["missing image"] = len(gone)
+
+
+def summary(reports: list[SplitReport], out_dir: Path, seconds: float) -> str:
+    lines = [
+        f"{'split':<10}{'samples':>9}{'shards':>8}{'reused':>8}{'MB':>9}{'classes':>9}  dropped / re-encoded"
+    ]
+    total_bytes = total_samples = 0
+    for r in reports:
+        info = r.info
+        mb = sum(s.bytes for s in info.shards) / 1e6
+        total_bytes += mb
+        total_samples += info.num_samples
+        notes = ", ".join(
+            f"{v} {k}"
+            for k, v in {
+                **info.dropped,
+                **{f"re-encoded ({k})": v for k, v in info.reencoded.items()},
+            }.items()
+        )
+        lines.append(
+            f"{r.split:<10}{info.num_samples:>9}{len(info.shards):>8}{r.shards_reused:>8}{mb:>9.1f}"
+            f"{info.num_classes:>9}  {notes or '-'}"
+        )
+    lines.append(
+        f"{total_samples} samples, {total_bytes:.1f} MB in {seconds:.1f} s "
+        f"({total_samples / max(seconds, 1e-9):.0f} samples/s, {total_bytes / max(seconds, 1e-9):.1f} MB/s)"
+    )
+    lines.append(f"outputs: {out_dir}/  ({', '.join(r.json_path.name for r in reports)})")
+    for r in reports:
+        if r.bad:
+            report = out_dir / f"{r.split}.skipped.tsv"
+            lines.append(f"{len(r.bad)} corrupt images skipped in '{r.split}': see {report}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        listings = list_splits(args)
+        drop_missing_images(listings, args.skip_missing)
+    except (AnnotationError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    reader = get_reader(args.data)
+    out_dir = args.out / args.data
+    command = shlex.join(["python", "tools/make_shards.py", *(argv if argv is not None else sys.argv[1:])])
+    source = {"root": str(args.root or ""), "command": command, "fastmlic": __version__}
+    reports = []
+    total = sum(len(lst.samples) for lst in listings.values())
+    with tqdm(total=total, unit="img", desc=f"shards/{args.data}", disable=None) as bar:
+        for split, listing in listings.items():
+            # the first split of each dataset is its training split: shuffled once, here, so DALI and
+            # webdataset can read shards sequentially; evaluation splits keep their listing order
+            seed = args.seed if split == reader.SPLITS[0] else None
+            try:
+                reports.append(
+                    build_split(
+                        listing,
+                        out_dir,
+                        split,
+                        dataset=args.data,
+                        shard_size=args.shard_size,
+                        options=ImageOptions(args.max_side, args.quality, args.check),
+                        workers=args.workers,
+                        shuffle_seed=seed,
+                        source=source,
+                        overwrite=args.overwrite,
+                        progress=bar.update,
+                    )
+                )
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    print(summary(reports, out_dir, time.perf_counter() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
