@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import shlex
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +73,54 @@ def write_jsonl(name: str, rows: list[dict], env: dict) -> Path:
         for row in rows:
             f.write(json.dumps({**row, **env}) + "\n")
     return path
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: str) -> int:
+    """Peak memory `fn` adds: the CUDA allocator's peak on GPU; on CPU, resident memory sampled every 0.2 ms
+    (torch keeps no CPU allocator statistics; short-lived peaks between samples can be missed)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss_bytes()) - base
+
+
+def time_ms(fn: Callable[[], object], device: str, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median, p20 and p80 of `fn` in ms: triton.testing.do_bench on GPU, a synchronous loop on CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        p50, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], warmup=25, rep=200)
+        return {"median_ms": p50, "p20_ms": p20, "p80_ms": p80}
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return percentiles(times)

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Triton reads this when a kernel is decorated: set it before anything imports fastmlic.kernels, so
+# impl="triton" runs under the interpreter on CPU tensors.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/rawdata.py
@@ -21,3 +27,35 @@ def rng(request) -> np.random.Generator:
     )
     print(f"seed={seed}")
     return np.random.default_rng(seed)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # per element
+    atol: float  # as a fraction of the largest reference magnitude, so it scales with the values
+    floor: float = 0.0  # absolute: the spacing of the dtype's subnormals, below which no bits are left
+
+
+# One table for every kernel test, keyed by the dtype of the tensor being checked. Kernels compute in
+# fp32, so an fp32 result (every loss value) is held to fp32 accuracy; gradients come back in the input
+# dtype, so bf16/fp16 gradients are held to that dtype's rounding (bf16 keeps 8 mantissa bits: 2^-8).
+# fp32 atol is 1e-5 of the largest value: the non-detached ASL gradient subtracts terms as large as
+# |log eps| = 18.4 times the largest gradient, so fp32 cancellation alone reaches a few 1e-6 there.
+TOLERANCES = {
+    torch.float32: Tolerance(rtol=2e-5, atol=1e-5),
+    torch.float16: Tolerance(rtol=2e-3, atol=2e-4, floor=2.0**-24),
+    torch.bfloat16: Tolerance(rtol=1.6e-2, atol=2e-3),
+}
+DTYPES = list(TOLERANCES)
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, what: str = ""
+):
+    """`actual` against a float64 `expected` with the tolerance of `dtype` (default: actual's dtype)."""
+    tol = TOLERANCES[dtype or actual.dtype]
+    expected = expected.detach().double()
+    atol = max(tol.atol * float(expected.abs().max()) if expected.numel() else 0.0, tol.floor, 1e-30)
+    torch.testing.assert_close(
+        actual.detach().double(), expected, rtol=tol.rtol, atol=atol, msg=lambda m: f"{what}: {m}"
+    )

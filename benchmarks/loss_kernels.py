@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Fused loss kernels against what users would run instead, side by side in one run.
+
+    python benchmarks/loss_kernels.py                  # every op, default shapes
+    python benchmarks/loss_kernels.py --op asl --dtype bf16 --quick
+
+Providers: the eager PyTorch reference, `torch.compile` of that reference, and the Triton kernel (GPU
+only; plus the chunked torch path for SupCon). Forward and forward+backward; median, p20 and p80
+time, peak memory, speed-up over eager. A Markdown table goes to stdout and JSON lines (with device,
+versions, commit and command) to benchmarks/results/. On GPU the ASL rows also give the memory-
+bandwidth floor (bytes moved once over the measured device copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fastmlic.kernels import asl_loss, asl_reference  # noqa: E402
+
+from benchmarks.common import environment, markdown_table, peak_memory_bytes, time_ms, write_jsonl  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ASL_SHAPES = [(64, 20), (256, 80), (128, 81), (128, 500), (1024, 500), (64, 9605)]
+ASL_LARGE = (16384, 9605)  # 157M cells: large enough to measure bandwidth on a GPU
+
+
+@dataclass
+class Case:
+    op: str
+    label: str
+    make_inputs: Callable[[], tuple]  # fresh inputs; the first one is differentiated
+    providers: dict[str, Callable]
+    bytes_moved: dict[str, int] = field(default_factory=dict)  # mode -> compulsory bytes (for the floor)
+
+
+def asl_cases(shapes, dtype, device) -> list[Case]:
+    options = dict(gamma_pos=0.0, gamma_neg=4.0, clip=0.05)  # the ASL training recipe
+    compiled = torch.compile(lambda x, y: asl_reference(x, y, **options))
+    providers = {
+        "eager": lambda x, y: asl_reference(x, y, **options),
+        "torch.compile": compiled,
+    }
+    if device == "cuda":
+        providers["triton"] = lambda x, y: asl_loss(x, y, impl="triton", **options)
+    cases = []
+    for b, c in shapes:
+
+        def make(b=b, c=c):
+            x = torch.randn(b, c, device=device, dtype=dtype) * 3 - 1
+            return x, torch.rand(b, c, device=device) < 0.1
+
+        n, size = b * c, torch.finfo(dtype).bits // 8
+        # read x and y, write dx once (forward); the backward reads dx and writes the scaled gradient
+        moved = {"fwd": n * (size + 1), "fwd+bwd": n * (size + 1 + size) + n * 2 * size}
+        cases.append(Case("asl", f"{b}x{c}", make, providers, moved))
+    return cases
+
+
+CASES = {"asl": asl_cases}
+
+
+def copy_bandwidth(device: str) -> float:
+    """Device copy bandwidth in bytes/s (read + write of a 1 GiB buffer)."""
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)["median_ms"]
+    return 2 * src.numel() / (ms / 1e3)
+
+
+def run_case(case: Case, mode: str, device: str, repeats: int) -> list[dict]:
+    rows = []
+    for name, fn in case.providers.items():
+        inputs = case.make_inputs()
+        x = inputs[0].requires_grad_(mode == "fwd+bwd")
+
+        def step(fn=fn, x=x, inputs=inputs):
+            loss = fn(x, *inputs[1:])
+            if mode == "fwd+bwd":
+                x.grad = None
+                loss.backward()
+
+        row = {"op": case.op, "shape": case.label, "mode": mode, "provider": name}
+        try:
+            step()  # compile / autotune / first-call allocations outside the timing
+            row.update(time_ms(step, device, repeats=repeats))
+            row["peak_MB"] = peak_memory_bytes(step, device) / 2**20
+        except torch.OutOfMemoryError:
+            row["status"] = "out of memory"
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        except MemoryError:
+            row["status"] = "out of memory"
+        rows.append(row)
+    eager = next((r for r in rows if r["provider"] == "eager" and "median_ms" in r), None)
+    for r in rows:
+        if eager and "median_ms" in r:
+            r["speedup"] = eager["median_ms"] / r["median_ms"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", choices=["asl", "supcon", "all"], default="all")
+    p.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="input dtype (losses accumulate in fp32)"
+    )
+    p.add_argument("--quick", action="store_true", help="two shapes per op, fewer repeats")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per provider on CPU")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = DTYPES[args.dtype]
+    if device == "cpu":
+        print("no CUDA device: running the CPU providers only (the Triton provider needs a GPU)")
+    ops = list(CASES) if args.op == "all" else [args.op]
+    bandwidth = copy_bandwidth(device) if device == "cuda" else None
+    rows = []
+    for op in ops:
+        shapes = None
+        if op == "asl":
+            shapes = ASL_SHAPES[:2] if args.quick else ASL_SHAPES + ([ASL_LARGE] if device == "cuda" else [])
+        cases = CASES[op](shapes, dtype, device)
+        for case in cases:
+            for mode in ("fwd", "fwd+bwd"):
+                for row in run_case(case, mode, device, 5 if args.quick else args.repeats):
+                    if bandwidth and case.bytes_moved and "median_ms" in row:
+                        row["floor_ms"] = case.bytes_moved[mode] / bandwidth * 1e3
+                        row["x_floor"] = row["median_ms"] / row["floor_ms"]
+                    row["dtype"] = args.dtype
+                    rows.append(row)
+                    print(
+                        f"  {row['op']} {row['shape']} {mode} {row['provider']}: "
+                        f"{row.get('median_ms', float('nan')):.3f} ms {row.get('status', '')}",
+                        file=sys.stderr,
+                    )
+    env = environment()
+    print(
+        f"\nloss kernels on {env['device']} ({env['cpus']} CPUs), torch {env['torch']}, inputs {args.dtype}"
+        + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "")
+    )
+    columns = ["op", "shape", "mode", "provider", "median_ms", "p20_ms", "p80_ms", "peak_MB", "speedup"]
+    if bandwidth:
+        columns += ["floor_ms", "x_floor"]
+    print(markdown_table(rows, columns + ["status"]))
+    path = write_jsonl("loss_kernels", [{"benchmark": "loss_kernels", **r} for r in rows], env)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
