@@ -9,9 +9,19 @@ SHAPES = [(1, 1), (7, 13), (41, 401), (64, 500), (3, 9605)]
 IMPLS = ["triton", "torch"]
 
 
+CLIPS = (0.05, 0.1)
+
+
 def make_inputs(shape, dtype, gen, soft=False, spread=3.0):
-    """Logits around the realistic negative mean, ~20% positives (or soft targets), fresh per test."""
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * spread - 1).to(dtype)
+    """Logits around the realistic negative mean, ~20% positives (or soft targets), fresh per test.
+
+    ASL's gradient jumps where p = clip (the clamp's mask): fp32 and fp64 can put a cell within
+    rounding distance of that point on different sides, so logits keep a 1e-6 margin from it.
+    """
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * spread - 1
+    for clip in CLIPS:
+        x = torch.where((torch.sigmoid(x) - clip).abs() < 1e-6, x + 1e-3, x)
+    x = x.to(dtype)
     y = torch.rand(shape, generator=gen) if soft else torch.rand(shape, generator=gen) < 0.2
     return x, y
 
@@ -33,7 +43,14 @@ def check(x, y, *, impl, grad_scale=1.0, ignore=None, **options):
     (ref_grad,) = torch.autograd.grad(ref, x64, grad_out.double())
     assert_close(loss, ref, torch.float32, "loss")
     assert xk.grad.dtype == x.dtype
-    assert_close(xk.grad, ref_grad, x.dtype, "grad")
+    # a cell's gradient is O(1) times grad_output (and the per-cell factor of the reduction); the
+    # non-detached one subtracts terms of that size, so its atol scales with that unit, not with itself
+    per_cell = options.get("scale", 1.0)
+    if options.get("reduction") == "mean":
+        kept = x.numel() if ignore is None else int((~ignore.bool()).sum())
+        per_cell /= max(kept, 1)
+    unit = float(grad_out.abs().max()) * per_cell if grad_out.numel() else 0.0
+    assert_close(xk.grad, ref_grad, x.dtype, "grad", magnitude=unit)
     return loss, xk.grad
 
 
