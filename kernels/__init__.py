@@ -6,5 +6,6 @@ This package imports only torch and triton.
 """
 
 from .asl import AsymmetricLoss, asl_loss, asl_reference
+from .supcon import SupConLoss, supcon_loss, supcon_reference
 
-__all__ = ["AsymmetricLoss", "asl_loss", "asl_reference"]
+__all__ = ["AsymmetricLoss", "SupConLoss", "asl_loss", "asl_reference", "supcon_loss", "supcon_reference"]

@@ -1,0 +1,388 @@
+"""Multi-label supervised-contrastive (SupCon) loss that never materialises an N x N matrix.
+
+z: [N, D] L2-normalised embeddings; s_ij = z_i . z_j / T. For anchor i the denominator runs over
+every j != i; its positives carry weights W_ij (j != i):
+
+    positives="class"    labels [N] int:        W_ij = [l_i == l_j]        (MulCon, label level)
+    positives="jaccard"  labels [N, C] 0/1:     W_ij = |y_i & y_j| / |y_i | y_j|   (image level)
+
+    loss = -(T / T_base) (1 / N) sum_i  sum_j W_ij log P_ij / sum_j W_ij,   P_ij = exp(s_ij - LSE_i)
+
+An anchor without positives contributes 0 but still counts in N: MulCon's `loss.sum() / len_pos` and
+HobbitLong's SupConLoss (after its NaN fix). With one-hot labels the two modes are the same loss.
+
+Closed form used by both fast paths (derived in the kernel notes, verified here against autograd):
+    LSE_i = log sum_{k != i} exp(s_ik),   n_i = [sum_j W_ij > 0],   a_i = n_i / sum_j W_ij
+    loss  = (c / N) sum_i ( n_i LSE_i - a_i sum_j W_ij s_ij ),   c = T / T_base
+    dL/dz_m = c / (N T) sum_k A_mk z_k,   A_mk = n_m P_mk + n_k P_km - (a_m + a_k) W_mk   (A_mm = 0)
+s is symmetric, so row m's program computes the column term P_km itself: one backward pass, no atomics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .asl import use_triton
+
+MODES = ("class", "jaccard")
+
+
+# --------------------------------------------------------------------------- 1. reference (dense)
+
+
+def _pair_weights(labels_rows: torch.Tensor, labels: torch.Tensor, positives: str, dtype) -> torch.Tensor:
+    """W for a block of rows against all rows (diagonal not removed)."""
+    if positives == "class":
+        return (labels_rows[:, None] == labels[None, :]).to(dtype)
+    rows, cols = labels_rows.to(dtype), labels.to(dtype)
+    inter = rows @ cols.T
+    union = rows.sum(1)[:, None] + cols.sum(1)[None, :] - inter
+    return torch.where(
+        union > 0, inter / union.clamp(min=1), torch.zeros((), dtype=dtype, device=rows.device)
+    )
+
+
+def supcon_reference(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.2,
+    base_temperature: float = 0.2,
+    positives: str = "class",
+) -> torch.Tensor:
+    """The specification: dense N x N PyTorch as in HobbitLong/MulCon, computing in fp32 (fp64 for fp64)."""
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    x = z.to(dtype)
+    n = x.shape[0]
+    if n == 0:
+        return x.sum() * 0
+    logits = x @ x.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability only; cancels
+    not_self = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    weights = _pair_weights(labels, labels, positives, dtype) * not_self
+    exp_logits = torch.exp(logits) * not_self
+    # the floor only matters for an empty denominator (N = 1), where it keeps the gradient finite
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny))
+    weight_sum = weights.sum(1)
+    # where(): an anchor alone (N = 1) has log_prob = +inf against weight 0
+    mean_log_prob_pos = torch.where(weights > 0, weights * log_prob, 0).sum(1) / torch.where(
+        weight_sum < 1e-6, 1, weight_sum
+    )
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+# --------------------------------------------------------------------------- 2. kernels
+#
+# Forward: one program per BLOCK_M rows streams all BLOCK_N column tiles, keeping an online
+# log-sum-exp (m, l) plus sum_j W_ij and sum_j W_ij s_ij per row; it stores 3 floats per row.
+# Backward: the same tiles, recomputed, give A (see the header) and acc_I += A @ z_J.
+# Under the Triton interpreter tl.dot on bf16 multiplies raw bit patterns (triton#11584), so with
+# COMPUTE_FP32 every tile is cast to fp32 right after tl.load; on GPU half inputs stay half for the
+# tensor cores (fp32 accumulation), fp32 inputs use IEEE dots, not TF32.
+
+
+@triton.jit
+def _weights_tile(lab_ptr, card_ptr, offs_m, offs_n, in_m, in_n, C, s_lr, s_lc,
+                  JACCARD: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    if JACCARD:
+        inter = tl.zeros((offs_m.shape[0], offs_n.shape[0]), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cc = c0 + tl.arange(0, BLOCK_C)
+            in_c = cc < C
+            yi = tl.load(lab_ptr + offs_m[:, None] * s_lr + cc[None, :] * s_lc,
+                         mask=in_m[:, None] & in_c[None, :], other=0).to(tl.float32)  # fmt: skip
+            yj = tl.load(lab_ptr + offs_n[:, None] * s_lr + cc[None, :] * s_lc,
+                         mask=in_n[:, None] & in_c[None, :], other=0).to(tl.float32)  # fmt: skip
+            inter += tl.dot(yi, tl.trans(yj), input_precision="ieee")  # counts: exact
+        ci = tl.load(card_ptr + offs_m, mask=in_m, other=0.0)
+        cj = tl.load(card_ptr + offs_n, mask=in_n, other=0.0)
+        union = ci[:, None] + cj[None, :] - inter
+        return tl.where(union > 0, inter / tl.where(union > 0, union, 1.0), 0.0)
+    else:
+        li = tl.load(lab_ptr + offs_m * s_lr, mask=in_m, other=-1)
+        lj = tl.load(lab_ptr + offs_n * s_lr, mask=in_n, other=-2)
+        return (li[:, None] == lj[None, :]).to(tl.float32)
+
+
+@triton.jit
+def _supcon_fwd_kernel(
+    z_ptr, lab_ptr, card_ptr, lse_ptr, wsum_ptr, pos_ptr,
+    N, D, C, s_zn, s_zd, s_lr, s_lc, inv_t,
+    JACCARD: tl.constexpr, COMPUTE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_m, in_d = offs_m < N, offs_d < D
+    zi = tl.load(
+        z_ptr + offs_m[:, None] * s_zn + offs_d[None, :] * s_zd, mask=in_m[:, None] & in_d[None, :], other=0.0
+    )
+    if COMPUTE_FP32:
+        zi = zi.to(tl.float32)
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), tl.float32)
+    wsum = tl.zeros((BLOCK_M,), tl.float32)
+    pos = tl.zeros((BLOCK_M,), tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        in_n = offs_n < N
+        zj = tl.load(
+            z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd,
+            mask=in_n[:, None] & in_d[None, :],
+            other=0.0,
+        )
+        if COMPUTE_FP32:
+            zj = zj.to(tl.float32)
+            s = tl.dot(zi, tl.trans(zj), input_precision="ieee") * inv_t
+        else:
+            s = tl.dot(zi, tl.trans(zj)) * inv_t
+        valid = in_m[:, None] & in_n[None, :] & (offs_m[:, None] != offs_n[None, :])
+        s_valid = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s_valid, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing yet: no inf - inf
+        row_sum = row_sum * tl.exp(m - m_safe) + tl.sum(tl.exp(s_valid - m_safe[:, None]), axis=1)
+        m = m_new
+        w = tl.where(
+            valid,
+            _weights_tile(lab_ptr, card_ptr, offs_m, offs_n, in_m, in_n, C, s_lr, s_lc, JACCARD, BLOCK_C),
+            0.0,
+        )
+        wsum += tl.sum(w, axis=1)
+        pos += tl.sum(w * tl.where(valid, s, 0.0), axis=1)
+    lse = tl.where(row_sum > 0, m + tl.log(tl.where(row_sum > 0, row_sum, 1.0)), float("-inf"))
+    tl.store(lse_ptr + offs_m, lse, mask=in_m)
+    tl.store(wsum_ptr + offs_m, wsum, mask=in_m)
+    tl.store(pos_ptr + offs_m, pos, mask=in_m)
+
+
+@triton.jit
+def _supcon_bwd_kernel(
+    z_ptr, lab_ptr, card_ptr, lse_ptr, a_ptr, dz_ptr,
+    N, D, C, s_zn, s_zd, s_lr, s_lc, inv_t,
+    JACCARD: tl.constexpr, COMPUTE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_m, in_d = offs_m < N, offs_d < D
+    zi = tl.load(
+        z_ptr + offs_m[:, None] * s_zn + offs_d[None, :] * s_zd, mask=in_m[:, None] & in_d[None, :], other=0.0
+    )
+    if COMPUTE_FP32:
+        zi = zi.to(tl.float32)
+    a_i = tl.load(a_ptr + offs_m, mask=in_m, other=0.0)
+    has_i = a_i > 0
+    lse_i = tl.where(has_i, tl.load(lse_ptr + offs_m, mask=in_m, other=0.0), 0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        in_n = offs_n < N
+        zj = tl.load(
+            z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd,
+            mask=in_n[:, None] & in_d[None, :],
+            other=0.0,
+        )
+        if COMPUTE_FP32:
+            zj = zj.to(tl.float32)
+            s = tl.dot(zi, tl.trans(zj), input_precision="ieee") * inv_t
+        else:
+            s = tl.dot(zi, tl.trans(zj)) * inv_t
+        a_j = tl.load(a_ptr + offs_n, mask=in_n, other=0.0)
+        has_j = a_j > 0
+        lse_j = tl.where(has_j, tl.load(lse_ptr + offs_n, mask=in_n, other=0.0), 0.0)
+        valid = in_m[:, None] & in_n[None, :] & (offs_m[:, None] != offs_n[None, :])
+        p_row = tl.where(valid & has_i[:, None], tl.exp(s - lse_i[:, None]), 0.0)
+        p_col = tl.where(valid & has_j[None, :], tl.exp(s - lse_j[None, :]), 0.0)
+        w = tl.where(
+            valid,
+            _weights_tile(lab_ptr, card_ptr, offs_m, offs_n, in_m, in_n, C, s_lr, s_lc, JACCARD, BLOCK_C),
+            0.0,
+        )
+        coef = p_row + p_col - (a_i[:, None] + a_j[None, :]) * w
+        if COMPUTE_FP32:
+            acc += tl.dot(coef, zj, input_precision="ieee")
+        else:
+            acc += tl.dot(coef.to(zj.dtype), zj)
+    tl.store(dz_ptr + offs_m[:, None] * D + offs_d[None, :], acc, mask=in_m[:, None] & in_d[None, :])
+
+
+# --------------------------------------------------------------------------- 3. launchers
+
+
+def _label_args(labels: torch.Tensor, positives: str) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+    """(labels for the kernel, per-row label counts, C, row stride, column stride)."""
+    if positives == "class":
+        lab = labels.to(torch.int64)
+        return lab, lab, 1, lab.stride(0), 0
+    lab = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
+    card = lab.to(torch.float32).sum(1)
+    return lab, card, lab.shape[1], lab.stride(0), lab.stride(1)
+
+
+def _blocks(z: torch.Tensor, C: int) -> dict:
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    block_d = max(16, triton.next_power_of_2(z.shape[1]))
+    block_c = min(128, max(16, triton.next_power_of_2(C)))
+    # the interpreter pays per program iteration, so it gets big tiles; the GPU gets 64 x 64
+    tile = 128 if interpret else 64
+    return dict(BLOCK_M=tile, BLOCK_N=tile, BLOCK_D=block_d, BLOCK_C=block_c,
+                COMPUTE_FP32=interpret or z.dtype == torch.float32)  # fmt: skip
+
+
+def _row_stats_triton(z, labels, positives, inv_t):
+    n = z.shape[0]
+    lab, card, C, s_lr, s_lc = _label_args(labels, positives)
+    lse, wsum, pos = (torch.empty(n, device=z.device, dtype=torch.float32) for _ in range(3))
+    blocks = _blocks(z, C)
+    _supcon_fwd_kernel[(triton.cdiv(n, blocks["BLOCK_M"]),)](
+        z, lab, card, lse, wsum, pos, n, z.shape[1], C, *z.stride(), s_lr, s_lc, inv_t,
+        JACCARD=positives == "jaccard", **blocks,
+    )  # fmt: skip
+    return lse, wsum, pos
+
+
+def _row_grads_triton(z, labels, positives, inv_t, lse, a):
+    n = z.shape[0]
+    lab, card, C, s_lr, s_lc = _label_args(labels, positives)
+    dz = torch.empty(z.shape, device=z.device, dtype=torch.float32)
+    blocks = _blocks(z, C)
+    _supcon_bwd_kernel[(triton.cdiv(n, blocks["BLOCK_M"]),)](
+        z, lab, card, lse, a, dz, n, z.shape[1], C, *z.stride(), s_lr, s_lc, inv_t,
+        JACCARD=positives == "jaccard", **blocks,
+    )  # fmt: skip
+    return dz
+
+
+def _chunk_rows(n: int, budget: int = 1 << 21) -> int:
+    """Rows per block so that one [rows, N] fp32 temporary stays near `budget` elements (8 MB)."""
+    return max(1, min(n, budget // max(n, 1)))
+
+
+def _scores(x: torch.Tensor, i0: int, i1: int, inv_t: float) -> torch.Tensor:
+    return (x[i0:i1] @ x.T) * inv_t
+
+
+def _row_stats_chunked(z, labels, positives, inv_t):
+    """The forward in row blocks with plain torch: O(rows x N) memory instead of N x N."""
+    x = z.to(torch.promote_types(z.dtype, torch.float32))
+    n = x.shape[0]
+    lse, wsum, pos = (torch.empty(n, device=x.device, dtype=x.dtype) for _ in range(3))
+    step = _chunk_rows(n)
+    for i0 in range(0, n, step):
+        i1 = min(i0 + step, n)
+        rows = torch.arange(i1 - i0, device=x.device)
+        s = _scores(x, i0, i1, inv_t)
+        w = _pair_weights(labels[i0:i1], labels, positives, x.dtype)
+        w[rows, rows + i0] = 0
+        wsum[i0:i1] = w.sum(1)
+        pos[i0:i1] = (w * s).sum(1)
+        s[rows, rows + i0] = float("-inf")
+        lse[i0:i1] = torch.logsumexp(s, dim=1)
+    return lse, wsum, pos
+
+
+def _row_grads_chunked(z, labels, positives, inv_t, lse, a):
+    x = z.to(torch.promote_types(z.dtype, torch.float32))
+    n = x.shape[0]
+    has = a > 0
+    lse_safe = torch.where(has, lse, torch.zeros_like(lse))
+    dz = torch.empty_like(x)
+    step = _chunk_rows(n)
+    for i0 in range(0, n, step):
+        i1 = min(i0 + step, n)
+        rows = torch.arange(i1 - i0, device=x.device)
+        s = _scores(x, i0, i1, inv_t)
+        coef = torch.exp(s - lse_safe[i0:i1, None]) * has[i0:i1, None]
+        coef += torch.exp(s - lse_safe[None, :]) * has[None, :]
+        w = _pair_weights(labels[i0:i1], labels, positives, x.dtype)
+        coef -= (a[i0:i1, None] + a[None, :]) * w
+        coef[rows, rows + i0] = 0
+        dz[i0:i1] = coef @ x
+    return dz
+
+
+# --------------------------------------------------------------------------- 4. autograd
+
+
+class _SupConFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, labels, temperature, base_temperature, positives, use_kernel):
+        inv_t = 1.0 / temperature
+        stats = _row_stats_triton if use_kernel else _row_stats_chunked
+        lse, wsum, pos = stats(z, labels, positives, inv_t)
+        has = wsum > 0
+        a = torch.where(has, 1 / torch.where(has, wsum, torch.ones_like(wsum)), torch.zeros_like(wsum))
+        n = z.shape[0]
+        c = temperature / base_temperature
+        loss = (c / n) * (torch.where(has, lse, torch.zeros_like(lse)) - a * pos).sum()
+        ctx.save_for_backward(z, labels, lse, a)
+        ctx.options = (inv_t, positives, use_kernel, c / (n * temperature))
+        return loss.float()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        z, labels, lse, a = ctx.saved_tensors
+        inv_t, positives, use_kernel, factor = ctx.options
+        grads = _row_grads_triton if use_kernel else _row_grads_chunked
+        dz = grads(z, labels, positives, inv_t, lse, a)
+        return (dz * (grad_output * factor)).to(z.dtype), None, None, None, None, None
+
+
+# --------------------------------------------------------------------------- 5. front
+
+
+def _check(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float, positives: str
+):
+    if positives not in MODES:
+        raise ValueError(f"positives must be one of {MODES}, got {positives!r}")
+    if z.dim() != 2 or not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point [N, D] tensor, got {tuple(z.shape)} {z.dtype}")
+    if temperature <= 0 or base_temperature <= 0:
+        raise ValueError(f"temperatures must be positive, got {temperature} and {base_temperature}")
+    if positives == "class" and (labels.shape != (z.shape[0],) or labels.is_floating_point()):
+        raise ValueError(f"positives='class' needs integer labels of shape [{z.shape[0]}], got "
+                         f"{tuple(labels.shape)} {labels.dtype}")  # fmt: skip
+    if positives == "jaccard" and (labels.dim() != 2 or labels.shape[0] != z.shape[0]):
+        raise ValueError(f"positives='jaccard' needs multi-hot labels of shape [{z.shape[0]}, C], got "
+                         f"{tuple(labels.shape)}")  # fmt: skip
+
+
+def supcon_loss(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.2,
+    base_temperature: float = 0.2,
+    positives: str = "class",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """SupCon over L2-normalised `z` [N, D]; fp32 scalar. impl: "triton" (CUDA, or CPU under
+    TRITON_INTERPRET=1), "torch" (chunked, flat memory), "auto" (Triton on CUDA, chunked torch on CPU)."""
+    _check(z, labels, temperature, base_temperature, positives)
+    if z.shape[0] == 0:
+        return z.sum().float() * 0
+    use_kernel = use_triton(z.device, impl)
+    return _SupConFunction.apply(z, labels, temperature, base_temperature, positives, use_kernel)
+
+
+class SupConLoss(torch.nn.Module):
+    """Module front of `supcon_loss`; defaults are MulCon's (T = T_base = 0.2, label-level positives)."""
+
+    def __init__(self, temperature: float = 0.2, base_temperature: float = 0.2, positives: str = "class",
+                 impl: str = "auto"):  # fmt: skip
+        super().__init__()
+        if positives not in MODES:
+            raise ValueError(f"positives must be one of {MODES}, got {positives!r}")
+        self.options = dict(temperature=temperature, base_temperature=base_temperature, positives=positives,
+                            impl=impl)  # fmt: skip
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return supcon_loss(z, labels, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.options.items())
