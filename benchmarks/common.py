@@ -106,7 +106,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: str) -> int:
     finally:
         done.set()
         sampler.join()
-    return max(peak[0], _rss_bytes()) - base
+    return max(peak[0], _rss_bytes(), base) - base  # freed pages can take RSS below the start
 
 
 def time_ms(fn: Callable[[], object], device: str, repeats: int = 20, warmup: int = 3) -> dict[str, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastmlic.kernels import asl_loss, asl_reference  # noqa: E402
+from fastmlic.kernels import asl_loss, asl_reference, supcon_loss, supcon_reference  # noqa: E402
 
 from benchmarks.common import environment, markdown_table, peak_memory_bytes, time_ms, write_jsonl  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ASL_SHAPES = [(64, 20), (256, 80), (128, 81), (128, 500), (1024, 500), (64, 9605)]
 ASL_LARGE = (16384, 9605)  # 157M cells: large enough to measure bandwidth on a GPU
+SUPCON_SHAPES = [(n, d) for n in (1024, 4096, 16384, 65536) for d in (128, 256)]
+# on CPU one chunked call at N = 65,536 takes minutes; the CPU run stops at 16,384
+SUPCON_CPU_MAX_N = 16384
+DENSE_BYTES_PER_PAIR = 32  # eager SupCon keeps about eight N x N fp32 matrices alive (kernel notes, measured)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Case:
     make_inputs: Callable[[], tuple]  # fresh inputs; the first one is differentiated
     providers: dict[str, Callable]
     bytes_moved: dict[str, int] = field(default_factory=dict)  # mode -> compulsory bytes (for the floor)
+    needs: dict[str, int] = field(default_factory=dict)  # provider -> bytes it will allocate, when huge
 
 
 def asl_cases(shapes, dtype, device) -> list[Case]:
@@ -63,7 +69,34 @@ def asl_cases(shapes, dtype, device) -> list[Case]:
     return cases
 
 
-CASES = {"asl": asl_cases}
+def supcon_cases(shapes, dtype, device) -> list[Case]:
+    dense = lambda z, y: supcon_reference(z, y)  # noqa: E731  (MulCon defaults: T = T_base = 0.2)
+    providers = {"dense eager": dense, "dense torch.compile": torch.compile(dense), "chunked torch":
+                 lambda z, y: supcon_loss(z, y, impl="torch")}  # fmt: skip
+    if device == "cuda":
+        providers["triton"] = lambda z, y: supcon_loss(z, y, impl="triton")
+    cases = []
+    for n, d in shapes:
+
+        def make(n=n, d=d):
+            z = torch.nn.functional.normalize(torch.randn(n, d, device=device), dim=1).to(dtype)
+            return z, torch.randint(0, 80, (n,), device=device)  # label-level: one class id per embedding
+
+        need = DENSE_BYTES_PER_PAIR * n * n
+        cases.append(Case("supcon", f"N={n} D={d}", make, providers,
+                          needs={"dense eager": need, "dense torch.compile": need}))  # fmt: skip
+    return cases
+
+
+CASES = {"asl": asl_cases, "supcon": supcon_cases}
+
+
+def available_bytes(device: str) -> int:
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
 
 
 def copy_bandwidth(device: str) -> float:
@@ -87,18 +120,32 @@ def run_case(case: Case, mode: str, device: str, repeats: int) -> list[dict]:
                 loss.backward()
 
         row = {"op": case.op, "shape": case.label, "mode": mode, "provider": name}
+        need, free = case.needs.get(name, 0), available_bytes(device)
+        if device == "cpu" and need > 0.8 * free:
+            # reported, not attempted: on Linux an over-committed CPU allocation ends in the OOM killer
+            row["status"] = f"out of memory (needs ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free)"
+            rows.append(row)
+            continue
         try:
+            started = time.perf_counter()
             step()  # compile / autotune / first-call allocations outside the timing
-            row.update(time_ms(step, device, repeats=repeats))
+            first = time.perf_counter() - started
+            if device == "cpu" and first > 1.0:  # seconds-long calls: a few repeats are enough
+                row.update(time_ms(step, device, repeats=3, warmup=0))
+            else:
+                row.update(time_ms(step, device, repeats=repeats))
             row["peak_MB"] = peak_memory_bytes(step, device) / 2**20
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, MemoryError):
             row["status"] = "out of memory"
+        except RuntimeError as e:  # the CPU allocator reports failure as a RuntimeError
+            if "memory" not in str(e):
+                raise
+            row["status"] = "out of memory"
+        finally:
             if device == "cuda":
                 torch.cuda.empty_cache()
-        except MemoryError:
-            row["status"] = "out of memory"
         rows.append(row)
-    eager = next((r for r in rows if r["provider"] == "eager" and "median_ms" in r), None)
+    eager = next((r for r in rows if r["provider"] in ("eager", "dense eager") and "median_ms" in r), None)
     for r in rows:
         if eager and "median_ms" in r:
             r["speedup"] = eager["median_ms"] / r["median_ms"]
@@ -122,9 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = copy_bandwidth(device) if device == "cuda" else None
     rows = []
     for op in ops:
-        shapes = None
         if op == "asl":
             shapes = ASL_SHAPES[:2] if args.quick else ASL_SHAPES + ([ASL_LARGE] if device == "cuda" else [])
+        else:
+            shapes = [s for s in SUPCON_SHAPES if device == "cuda" or s[0] <= SUPCON_CPU_MAX_N]
+            if args.quick:
+                shapes = shapes[:2]
+            if device == "cpu":
+                print(f"supcon: CPU run covers N <= {SUPCON_CPU_MAX_N}; N = 65,536 needs a GPU")
         cases = CASES[op](shapes, dtype, device)
         for case in cases:
             for mode in ("fwd", "fwd+bwd"):

@@ -109,6 +109,24 @@ def _weights_tile(lab_ptr, card_ptr, offs_m, offs_n, in_m, in_n, C, s_lr, s_lc,
 
 
 @triton.jit
+def _load_rows(z_ptr, offs, in_rows, offs_d, in_d, s_zn, s_zd, COMPUTE_FP32: tl.constexpr):
+    z = tl.load(
+        z_ptr + offs[:, None] * s_zn + offs_d[None, :] * s_zd,
+        mask=in_rows[:, None] & in_d[None, :],
+        other=0.0,
+    )
+    return z.to(tl.float32) if COMPUTE_FP32 else z
+
+
+@triton.jit
+def _dot(a, b, COMPUTE_FP32: tl.constexpr):
+    """fp32 operands get IEEE products (not TF32); half operands use the tensor cores, fp32 accumulation."""
+    if COMPUTE_FP32:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
 def _supcon_fwd_kernel(
     z_ptr, lab_ptr, card_ptr, lse_ptr, wsum_ptr, pos_ptr,
     N, D, C, s_zn, s_zd, s_lr, s_lc, inv_t,
@@ -118,11 +136,7 @@ def _supcon_fwd_kernel(
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     in_m, in_d = offs_m < N, offs_d < D
-    zi = tl.load(
-        z_ptr + offs_m[:, None] * s_zn + offs_d[None, :] * s_zd, mask=in_m[:, None] & in_d[None, :], other=0.0
-    )
-    if COMPUTE_FP32:
-        zi = zi.to(tl.float32)
+    zi = _load_rows(z_ptr, offs_m, in_m, offs_d, in_d, s_zn, s_zd, COMPUTE_FP32)
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_M,), tl.float32)
     wsum = tl.zeros((BLOCK_M,), tl.float32)
@@ -130,16 +144,8 @@ def _supcon_fwd_kernel(
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         in_n = offs_n < N
-        zj = tl.load(
-            z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd,
-            mask=in_n[:, None] & in_d[None, :],
-            other=0.0,
-        )
-        if COMPUTE_FP32:
-            zj = zj.to(tl.float32)
-            s = tl.dot(zi, tl.trans(zj), input_precision="ieee") * inv_t
-        else:
-            s = tl.dot(zi, tl.trans(zj)) * inv_t
+        zj = _load_rows(z_ptr, offs_n, in_n, offs_d, in_d, s_zn, s_zd, COMPUTE_FP32)
+        s = _dot(zi, tl.trans(zj), COMPUTE_FP32) * inv_t
         valid = in_m[:, None] & in_n[None, :] & (offs_m[:, None] != offs_n[None, :])
         s_valid = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s_valid, axis=1))
@@ -169,11 +175,7 @@ def _supcon_bwd_kernel(
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     in_m, in_d = offs_m < N, offs_d < D
-    zi = tl.load(
-        z_ptr + offs_m[:, None] * s_zn + offs_d[None, :] * s_zd, mask=in_m[:, None] & in_d[None, :], other=0.0
-    )
-    if COMPUTE_FP32:
-        zi = zi.to(tl.float32)
+    zi = _load_rows(z_ptr, offs_m, in_m, offs_d, in_d, s_zn, s_zd, COMPUTE_FP32)
     a_i = tl.load(a_ptr + offs_m, mask=in_m, other=0.0)
     has_i = a_i > 0
     lse_i = tl.where(has_i, tl.load(lse_ptr + offs_m, mask=in_m, other=0.0), 0.0)
@@ -181,16 +183,8 @@ def _supcon_bwd_kernel(
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         in_n = offs_n < N
-        zj = tl.load(
-            z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd,
-            mask=in_n[:, None] & in_d[None, :],
-            other=0.0,
-        )
-        if COMPUTE_FP32:
-            zj = zj.to(tl.float32)
-            s = tl.dot(zi, tl.trans(zj), input_precision="ieee") * inv_t
-        else:
-            s = tl.dot(zi, tl.trans(zj)) * inv_t
+        zj = _load_rows(z_ptr, offs_n, in_n, offs_d, in_d, s_zn, s_zd, COMPUTE_FP32)
+        s = _dot(zi, tl.trans(zj), COMPUTE_FP32) * inv_t
         a_j = tl.load(a_ptr + offs_n, mask=in_n, other=0.0)
         has_j = a_j > 0
         lse_j = tl.where(has_j, tl.load(lse_ptr + offs_n, mask=in_n, other=0.0), 0.0)
@@ -203,10 +197,7 @@ def _supcon_bwd_kernel(
             0.0,
         )
         coef = p_row + p_col - (a_i[:, None] + a_j[None, :]) * w
-        if COMPUTE_FP32:
-            acc += tl.dot(coef, zj, input_precision="ieee")
-        else:
-            acc += tl.dot(coef.to(zj.dtype), zj)
+        acc += _dot(coef.to(zj.dtype), zj, COMPUTE_FP32)
     tl.store(dz_ptr + offs_m[:, None] * D + offs_d[None, :], acc, mask=in_m[:, None] & in_d[None, :])
 
 
