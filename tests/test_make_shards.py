@@ -156,19 +156,27 @@ def _listing(n, rng, C=5):
 
 def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rng):
     listing = _listing(10, rng)
+    listing.samples[0] = Sample("png", rawdata.image_bytes(rng, (16, 16), fmt="PNG"), (1,))
+    listing.samples[1] = Sample("bad", rawdata.corrupt_jpeg(rng), (2,))
     out = tmp_path / "s"
     first = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
-    assert first.shards_written == 4 and first.info.num_samples == 10
+    assert first.shards_written == 4 and first.info.num_samples == 9
+    assert first.info.reencoded == {"format PNG": 1} and len(first.bad) == 1
     reference = {p.name: p.read_bytes() for p in out.glob("train-*")}
-    # simulate a crash while shard 2 was written: its tar and index are gone, a temporary is left
+    # simulate a crash while shard 2 was written: its index is missing, a temporary is left, and the
+    # run never reached the end, so neither train.json nor train.skipped.tsv exists
     (out / "train-000002.idx").unlink()
     (out / ".train-000002.tar.tmp999").write_bytes(b"partial")
+    (out / "train.json").unlink()
+    (out / "train.skipped.tsv").unlink()
     second = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
     assert (second.shards_written, second.shards_reused) == (1, 3)
     assert {p.name: p.read_bytes() for p in out.glob("train-*")} == reference
-    assert (
-        second.info.positives == first.info.positives and second.info.cooccurrence == first.info.cooccurrence
-    )
+    assert second.info.positives == first.info.positives
+    assert second.info.cooccurrence == first.info.cooccurrence
+    # nothing the interrupted run found is lost: re-encodes and skipped images of the kept shards
+    assert second.info.reencoded == first.info.reencoded and second.info.dropped == first.info.dropped
+    assert second.bad == first.bad and (out / "train.skipped.tsv").is_file()
 
 
 def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, rng):

@@ -173,11 +173,10 @@ def build_split(
     num_classes = len(listing.classes)
     stats = _Stats(num_classes)
     report_path = out_dir / f"{split}.skipped.tsv"
-    old_bad = (
-        [line.split("\t") for line in report_path.read_text().splitlines()[1:]]
-        if report_path.is_file()
-        else []
-    )
+    # per shard: why images were re-encoded and which were skipped, saved as each shard lands, so a
+    # resumed run reports what the interrupted one found in the shards it keeps
+    journal_path = out_dir / f".{split}.journal.json"
+    journal = json.loads(journal_path.read_text()) if journal_path.is_file() and not overwrite else {}
     report = SplitReport(split, None, split_json_path(out_dir, split))  # type: ignore[arg-type]
     entries, reencoded = [], Counter()
     chunks = _chunks(order, shard_size)
@@ -197,22 +196,24 @@ def build_split(
                         decode_multi_hot(members[LABEL_EXT], num_classes, str(tar_path)),
                         decode_multi_hot(ign, num_classes, str(tar_path)) if ign is not None else None,
                     )
-                report.bad += [tuple(b) for b in old_bad if b[0] == name]
+                done = journal.get(name, {})
+                reencoded.update(done.get("reencoded", {}))
+                report.bad += [tuple(b) for b in done.get("bad", [])]
                 entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(labels), tar_path.stat().st_size))
                 report.shards_reused += 1
                 progress(len(chunk))
                 continue
-            written = []
+            written, shard_bad, shard_reencoded = [], [], Counter()
             for position, jpeg, reason, error in itertools.islice(results, len(chunk)):
                 s = listing.samples[position]
                 progress(1)
                 if error is not None:
-                    report.bad.append(
+                    shard_bad.append(
                         (name, s.key, str(s.image) if isinstance(s.image, Path) else "<generated>", error)
                     )
                     continue
                 if reason:
-                    reencoded[reason] += 1
+                    shard_reencoded[reason] += 1
                 label = encode_multi_hot(s.positives, num_classes)
                 members = [(IMAGE_EXT, jpeg if jpeg is not None else s.read()), (LABEL_EXT, label)]
                 ignore_row = None
@@ -222,6 +223,10 @@ def build_split(
                 stats.add(np.frombuffer(label, np.uint8), ignore_row)
                 written.append(ShardSample(s.key, tuple(members)))
             size = write_shard(tar_path, written)
+            journal[name] = {"reencoded": dict(shard_reencoded), "bad": shard_bad}
+            write_atomic(journal_path, json.dumps(journal).encode())
+            reencoded.update(shard_reencoded)
+            report.bad += shard_bad
             entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(written), size))
             report.shards_written += 1
     finally:
