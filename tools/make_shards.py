@@ -4,6 +4,7 @@
     python tools/make_shards.py --data digits                       # embedded, needs no download
     python tools/make_shards.py --data voc2007 --root ~/data/VOCdevkit --workers 8
     python tools/make_shards.py --data mscoco --root ~/data/coco --max-side 640
+    python tools/make_shards.py --verify shards/mscoco [--repair]   # check shards made by any tool
 
 Writes shards/NAME/SPLIT-000000.tar (+ .idx) and shards/NAME/SPLIT.json. Annotation problems stop
 the run before any image is read; missing images stop it unless --skip-missing; corrupt images are
@@ -23,11 +24,19 @@ from tqdm import tqdm
 from fastmlic import __version__
 from fastmlic.datasets import DATASETS, AnnotationError, SplitListing, get_reader
 from fastmlic.shards.build import ImageOptions, SplitReport, build_split
+from fastmlic.shards.verify import repair, report_lines, verify
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, choices=DATASETS, help="which benchmark to convert")
+    p.add_argument("--data", choices=DATASETS, help="which benchmark to convert")
+    p.add_argument(
+        "--verify",
+        type=Path,
+        metavar="DIR",
+        help="instead: check the shards in DIR (made by any tool), listing bad members",
+    )
+    p.add_argument("--repair", action="store_true", help="with --verify: rewrite shards without bad samples")
     p.add_argument("--root", type=Path, help="raw dataset folder (not needed for digits)")
     p.add_argument("--out", type=Path, default=Path("shards"), help="output folder; shards go to OUT/DATA/")
     p.add_argument("--splits", nargs="+", help="only these splits (default: all of the dataset's splits)")
@@ -53,6 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--digits-train", type=int, default=10_000, help="training images")
     g.add_argument("--digits-val", type=int, default=2_000, help="validation images")
     args = p.parse_args(argv)
+    if args.verify is not None:
+        if args.data is not None:
+            p.error("--verify checks existing shards; it takes no --data")
+        if not args.verify.is_dir():
+            p.error(f"--verify {args.verify}: no such folder")
+        return args
+    if args.data is None:
+        p.error("--data is required (or --verify DIR)")
+    if args.repair:
+        p.error("--repair goes with --verify")
     reader = get_reader(args.data)
     if reader.NEEDS_ROOT and args.root is None:
         p.error(f"--root is required for --data {args.data}")
@@ -139,8 +158,40 @@ def summary(reports: list[SplitReport], out_dir: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def verify_shards(shard_dir: Path, fix: bool) -> int:
+    """--verify: 0 when every shard is clean (or was repaired), 1 when bad members remain."""
+    tars = sorted(shard_dir.glob("*.tar"))
+    if not tars:
+        print(f"error: {shard_dir}: no .tar shards", file=sys.stderr)
+        return 2
+    with tqdm(total=len(tars), unit="shard", desc=f"verify {shard_dir}", disable=None) as bar:
+        bad, total = verify(shard_dir, progress=bar.update)
+    print(f"{total} samples in {len(tars)} shards checked; {len(bad)} bad members")
+    for line in report_lines(bad[:20]):
+        print("  " + line)
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more")
+    if not bad:
+        return 0
+    if not fix:
+        print("pass --repair to rewrite these shards without the bad samples")
+        return 1
+    try:
+        rewritten = repair(shard_dir, bad)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"rewrote {len(rewritten)} shards without {len({(b.shard, b.key) for b in bad})} samples: "
+        + ", ".join(p.name for p in rewritten)
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verify is not None:
+        return verify_shards(args.verify, args.repair)
     started = time.perf_counter()
     try:
         listings = list_splits(args)

@@ -102,7 +102,7 @@ def _check_plan(out_dir: Path, split: str, plan: dict, overwrite: bool) -> Path:
     return plan_path
 
 
-class _Stats:
+class LabelStats:
     """Label statistics accumulated over every written sample."""
 
     def __init__(self, num_classes: int):
@@ -171,7 +171,7 @@ def build_split(
     plan_path = _check_plan(out_dir, split, plan, overwrite)
 
     num_classes = len(listing.classes)
-    stats = _Stats(num_classes)
+    stats = LabelStats(num_classes)
     report_path = out_dir / f"{split}.skipped.tsv"
     # per shard: why images were re-encoded and which were skipped, saved as each shard lands, so a
     # resumed run reports what the interrupted one found in the shards it keeps

@@ -1,0 +1,138 @@
+"""Check existing shards, written by any tool, for images that would stop a DALI pipeline, and repair them.
+
+DALI cannot skip an undecodable image: the whole pipeline stops, for garbage bytes without even
+naming the file. So shards from elsewhere are checked here in one pass: every image member is
+decoded once, and every label member must be C bytes of 0/1 when a SPLIT.json gives C. `repair`
+rewrites each affected shard without its bad samples (all members of their keys) and updates
+SPLIT.json's counts and label statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .build import LabelStats
+from .format import IGNORE_EXT, LABEL_EXT, ShardEntry, SplitInfo, decode_multi_hot
+from .images import BadImage, prepare_image
+from .writer import ShardSample, read_labels, write_shard
+
+IMAGE_EXTS = ("jpg", "jpeg", "png")
+
+
+@dataclass(frozen=True)
+class BadMember:
+    shard: str
+    key: str
+    member: str
+    reason: str
+
+
+def _samples(tar_path: Path) -> dict[str, list[tuple[str, bytes]]]:
+    """{key: [(extension, payload), ...]} in tar order; the extension is what follows the first dot."""
+    samples: dict[str, list[tuple[str, bytes]]] = {}
+    with tarfile.open(tar_path) as tf:
+        for member in tf:
+            if not member.isfile():
+                continue
+            key, _, ext = Path(member.name).name.partition(".")
+            samples.setdefault(key, []).append((ext, tf.extractfile(member).read()))
+    return samples
+
+
+def _split_infos(shard_dir: Path) -> dict[str, tuple[Path, SplitInfo]]:
+    """{tar file name: (SPLIT.json path, its SplitInfo)} for the splits described in `shard_dir`."""
+    out = {}
+    for path in sorted(shard_dir.glob("*.json")):
+        try:
+            info = SplitInfo.load(path)
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            continue  # not a split description of ours
+        for entry in info.shards:
+            out[entry.tar] = (path, info)
+    return out
+
+
+def check_shard(tar_path: Path, num_classes: int | None) -> tuple[list[BadMember], int]:
+    """Bad members of one shard and its number of samples."""
+    bad = []
+    try:
+        samples = _samples(tar_path)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return [BadMember(tar_path.name, "*", "*", f"unreadable tar ({e})")], 0
+    for key, members in samples.items():
+        for ext, payload in members:
+            if ext in IMAGE_EXTS:
+                try:
+                    prepare_image(payload)
+                except BadImage as e:
+                    bad.append(BadMember(tar_path.name, key, f"{key}.{ext}", str(e)))
+            elif ext in (LABEL_EXT, IGNORE_EXT) and num_classes is not None:
+                try:
+                    decode_multi_hot(payload, num_classes, f"{key}.{ext}")
+                except ValueError as e:
+                    bad.append(BadMember(tar_path.name, key, f"{key}.{ext}", str(e)))
+    return bad, len(samples)
+
+
+def verify(shard_dir: Path, progress=lambda n: None) -> tuple[list[BadMember], int]:
+    """Every bad member of every `*.tar` in `shard_dir`, and the number of samples checked."""
+    infos = _split_infos(Path(shard_dir))
+    bad, total = [], 0
+    for tar_path in sorted(Path(shard_dir).glob("*.tar")):
+        info = infos.get(tar_path.name, (None, None))[1]
+        shard_bad, count = check_shard(tar_path, info.num_classes if info else None)
+        bad += shard_bad
+        total += count
+        progress(1)
+    return bad, total
+
+
+def repair(shard_dir: Path, bad: list[BadMember]) -> list[Path]:
+    """Rewrite the shards named in `bad` without those samples and update their SPLIT.json."""
+    shard_dir = Path(shard_dir)
+    infos = _split_infos(shard_dir)
+    rewritten, touched = [], {}
+    for shard in sorted({b.shard for b in bad}):
+        keys = {b.key for b in bad if b.shard == shard}
+        if "*" in keys:
+            raise ValueError(f"{shard_dir / shard}: the tar itself is unreadable; it cannot be repaired")
+        tar_path = shard_dir / shard
+        kept = [ShardSample(k, tuple(m)) for k, m in _samples(tar_path).items() if k not in keys]
+        size = write_shard(tar_path, kept)
+        rewritten.append(tar_path)
+        if shard in infos:
+            json_path, info = infos[shard]
+            touched[json_path] = info
+            entry = next(e for e in info.shards if e.tar == shard)
+            info.shards[info.shards.index(entry)] = ShardEntry(entry.tar, entry.index, len(kept), size)
+            info.dropped["corrupt image"] = (
+                info.dropped.get("corrupt image", 0) + entry.num_samples - len(kept)
+            )
+    for json_path, info in touched.items():
+        _recount(shard_dir, info)
+        info.save(json_path)
+    return rewritten
+
+
+def _recount(shard_dir: Path, info: SplitInfo) -> None:
+    """Label statistics of `info` from what its shards now hold."""
+    stats = LabelStats(info.num_classes)
+    for tar_path in info.shard_paths(shard_dir):
+        for members in read_labels(tar_path).values():
+            ign = members.get(IGNORE_EXT)
+            stats.add(np.frombuffer(members[LABEL_EXT], np.uint8),
+                      np.frombuffer(ign, np.uint8) if ign is not None else None)  # fmt: skip
+    info.num_samples = sum(e.num_samples for e in info.shards)
+    info.positives = stats.positives.tolist()
+    info.ignored = stats.ignored.tolist()
+    info.cooccurrence = stats.cooccurrence.tolist()
+    info.labels_per_image = stats.labels_per_image()
+
+
+def report_lines(bad: list[BadMember]) -> list[str]:
+    return [f"{b.shard}\t{b.member}\t{b.reason}" for b in bad]

@@ -1,0 +1,93 @@
+"""make_shards --verify / --repair on shard sets with planted bad members."""
+
+import importlib.util
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import rawdata
+import webdataset as wds
+from conftest import ROOT
+
+from fastmlic.shards.format import SplitInfo, decode_multi_hot
+from fastmlic.shards.verify import repair, verify
+from fastmlic.shards.writer import ShardSample, read_labels, write_shard
+
+spec = importlib.util.spec_from_file_location("make_shards", ROOT / "tools" / "make_shards.py")
+make_shards = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_shards)
+
+
+def foreign_shard(path, rng, bad: dict[str, bytes]):
+    """A shard as another tool would write it: good samples plus the given bad images."""
+    samples = [ShardSample(f"good{i}", (("jpg", rawdata.image_bytes(rng)), ("cls", b"3"))) for i in range(4)]
+    samples += [ShardSample(key, (("jpg", data), ("cls", b"1"))) for key, data in bad.items()]
+    write_shard(path, samples)
+
+
+def test_verify_lists_bad_members_by_shard_and_key_and_repair_drops_them(tmp_path, rng):
+    bad = {
+        "truncated": rawdata.corrupt_jpeg(rng),
+        "garbage": bytes(rng.integers(0, 256, 500, np.uint8)),
+        "empty": b"",
+    }
+    foreign_shard(tmp_path / "a-000000.tar", rng, bad)
+    foreign_shard(tmp_path / "a-000001.tar", rng, {})
+    found, total = verify(tmp_path)
+    assert total == 11
+    assert {(b.shard, b.key) for b in found} == {("a-000000.tar", k) for k in bad}
+    repair(tmp_path, found)
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "a-000000.tar"), shardshuffle=False)]
+    assert keys == [f"good{i}" for i in range(4)]
+    assert verify(tmp_path) == ([], 8)
+    wds2idx = shutil.which("wds2idx", path=str(ROOT / ".venv" / "bin")) or shutil.which("wds2idx")
+    if wds2idx:  # the rewritten index is what DALI's own tool would write
+        subprocess.run([wds2idx, str(tmp_path / "a-000000.tar"), str(tmp_path / "ref.idx")], check=True,
+                       capture_output=True)  # fmt: skip
+        assert (tmp_path / "ref.idx").read_text() == (tmp_path / "a-000000.idx").read_text()
+
+
+def test_repair_updates_split_json_counts_and_label_statistics(tmp_path, rng):
+    args = ["--data", "digits", "--out", str(tmp_path), "--digits-train", "30", "--digits-val", "12",
+            "--digits-size", "32", "--shard-size", "5"]  # fmt: skip
+    assert make_shards.main(args) == 0
+    shard_dir = tmp_path / "digits"
+    before = SplitInfo.load(shard_dir / "val.json")
+    # corrupt one image and one label file in shard 1, as a disk or copy error would
+    tar = shard_dir / "val-000001.tar"
+    samples = [list(m) for m in read_labels(tar).items()]
+    rewritten, victim = [], None
+    for key, members in samples:
+        jpg = next(s for s in wds.WebDataset(str(tar), shardshuffle=False) if s["__key__"] == key)["jpg"]
+        if victim is None:
+            victim, jpg = key, jpg[:100]
+        rewritten.append(ShardSample(key, (("jpg", jpg), ("lbl", members["lbl"]))))
+    rewritten[1] = ShardSample(rewritten[1].key, (rewritten[1].members[0], ("lbl", b"\x01\x00")))
+    write_shard(tar, rewritten)
+
+    assert make_shards.main(["--verify", str(shard_dir)]) == 1  # found, not repaired
+    found, _ = verify(shard_dir)
+    assert {b.key for b in found} == {victim, rewritten[1].key}
+    assert any("expected 10 bytes" in b.reason for b in found)
+    assert make_shards.main(["--verify", str(shard_dir), "--repair"]) == 0
+    after = SplitInfo.load(shard_dir / "val.json")
+    assert after.num_samples == before.num_samples - 2
+    assert after.dropped == {"corrupt image": 2}
+    positives = np.zeros(10, int)
+    for t in after.shard_paths(shard_dir):
+        for members in read_labels(t).values():
+            positives += decode_multi_hot(members["lbl"], 10)
+    assert (
+        after.positives == positives.tolist()
+        and sum(e.num_samples for e in after.shards) == after.num_samples
+    )
+    assert make_shards.main(["--verify", str(shard_dir)]) == 0
+
+
+def test_verify_arguments(tmp_path):
+    assert make_shards.main(["--verify", str(tmp_path)]) == 2  # no shards there
+    with pytest.raises(SystemExit):
+        make_shards.main(["--verify", str(tmp_path), "--data", "digits"])
+    with pytest.raises(SystemExit):
+        make_shards.main(["--data", "digits", "--repair"])
