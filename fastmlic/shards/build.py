@@ -119,6 +119,17 @@ class LabelStats:
         if ignore_row is not None:
             self.ignored += ignore_row
 
+    def add_shard(self, tar_path: Path) -> int:
+        """Add every sample of an existing shard (labels only); returns how many there were."""
+        labels = read_labels(tar_path)
+        num_classes = len(self.positives)
+        for key, members in labels.items():
+            ign = members.get(IGNORE_EXT)
+            where = f"{tar_path}: {key}"
+            self.add(decode_multi_hot(members[LABEL_EXT], num_classes, where),
+                     decode_multi_hot(ign, num_classes, where) if ign is not None else None)  # fmt: skip
+        return len(labels)
+
     def labels_per_image(self) -> dict[str, float]:
         n = sum(self.cardinality.values())
         mean = sum(k * v for k, v in self.cardinality.items()) / max(n, 1)
@@ -189,17 +200,11 @@ def build_split(
             name = shard_name(split, index)
             tar_path = out_dir / f"{name}.tar"
             if index in complete:
-                labels = read_labels(tar_path)
-                for members in labels.values():
-                    ign = members.get(IGNORE_EXT)
-                    stats.add(
-                        decode_multi_hot(members[LABEL_EXT], num_classes, str(tar_path)),
-                        decode_multi_hot(ign, num_classes, str(tar_path)) if ign is not None else None,
-                    )
+                count = stats.add_shard(tar_path)
                 done = journal.get(name, {})
                 reencoded.update(done.get("reencoded", {}))
                 report.bad += [tuple(b) for b in done.get("bad", [])]
-                entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(labels), tar_path.stat().st_size))
+                entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", count, tar_path.stat().st_size))
                 report.shards_reused += 1
                 progress(len(chunk))
                 continue

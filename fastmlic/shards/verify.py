@@ -14,12 +14,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .build import LabelStats
 from .format import IGNORE_EXT, LABEL_EXT, ShardEntry, SplitInfo, decode_multi_hot
 from .images import BadImage, prepare_image
-from .writer import ShardSample, read_labels, write_shard
+from .writer import ShardSample, write_shard
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 
@@ -123,10 +121,7 @@ def _recount(shard_dir: Path, info: SplitInfo) -> None:
     """Label statistics of `info` from what its shards now hold."""
     stats = LabelStats(info.num_classes)
     for tar_path in info.shard_paths(shard_dir):
-        for members in read_labels(tar_path).values():
-            ign = members.get(IGNORE_EXT)
-            stats.add(np.frombuffer(members[LABEL_EXT], np.uint8),
-                      np.frombuffer(ign, np.uint8) if ign is not None else None)  # fmt: skip
+        stats.add_shard(tar_path)
     info.num_samples = sum(e.num_samples for e in info.shards)
     info.positives = stats.positives.tolist()
     info.ignored = stats.ignored.tolist()
