@@ -91,3 +91,20 @@ def test_verify_arguments(tmp_path):
         make_shards.main(["--verify", str(tmp_path), "--data", "digits"])
     with pytest.raises(SystemExit):
         make_shards.main(["--data", "digits", "--repair"])
+
+
+def test_keys_with_folders_stay_apart_and_unwritable_keys_fail_cleanly(tmp_path, rng):
+    import io
+    import tarfile
+
+    good, bad = rawdata.image_bytes(rng), rawdata.corrupt_jpeg(rng)
+    with tarfile.open(tmp_path / "f-000000.tar", "w") as tf:  # another tool's layout: folders in keys
+        for name, data in [("a/x.jpg", good), ("b/x.jpg", bad), ("a/x.cls", b"1"), ("b/x.cls", b"2")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    found, total = verify(tmp_path)
+    assert total == 2 and [(b.key, b.member) for b in found] == [("b/x", "b/x.jpg")]
+    with pytest.raises(ValueError, match="may only contain"):
+        repair(tmp_path, found)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f-000000.tar"]  # no temporary left behind

@@ -31,13 +31,15 @@ class BadMember:
 
 
 def _samples(tar_path: Path) -> dict[str, list[tuple[str, bytes]]]:
-    """{key: [(extension, payload), ...]} in tar order; the extension is what follows the first dot."""
+    """{key: [(extension, payload), ...]} in tar order, split as webdataset does: the key keeps any
+    directory part and ends at the first dot of the file name."""
     samples: dict[str, list[tuple[str, bytes]]] = {}
     with tarfile.open(tar_path) as tf:
         for member in tf:
             if not member.isfile():
                 continue
-            key, _, ext = Path(member.name).name.partition(".")
+            dot = member.name.find(".", member.name.rfind("/") + 1)
+            key, ext = (member.name[:dot], member.name[dot + 1 :]) if dot >= 0 else (member.name, "")
             samples.setdefault(key, []).append((ext, tf.extractfile(member).read()))
     return samples
 

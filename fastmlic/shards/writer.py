@@ -34,10 +34,11 @@ def write_shard(tar_path: Path, samples: list[ShardSample]) -> int:
     idx_path = tar_path.with_suffix(".idx")
     tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp{os.getpid()}")
     tmp_idx = idx_path.with_name(f".{idx_path.name}.tmp{os.getpid()}")
+    for sample in samples:  # before anything is opened: a bad key leaves no temporary behind
+        check_key(sample.key)
     lines = []
     with open(tmp_tar, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tf:
         for sample in samples:
-            check_key(sample.key)
             components = []
             for ext, payload in sample.members:
                 info = tarfile.TarInfo(f"{sample.key}.{ext}")
