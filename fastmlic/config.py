@@ -66,6 +66,11 @@ class DataConfig:
     cutout: float = option(0.5, "Cutout side as a fraction of the image side (0 turns it off)")
     mean: list[float] = option([0.485, 0.456, 0.406], "per-channel mean in [0, 1]; [0, 0, 0] for none")
     std: list[float] = option([0.229, 0.224, 0.225], "per-channel std in [0, 1]; [1, 1, 1] for none")
+    backend: Literal["auto", "dali", "torch"] = option(
+        "auto", "data loader: DALI (GPU decode), PyTorch DataLoader, or auto (DALI on GPU, PyTorch on CPU)"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the image tensors")
+    shuffle_buffer: int = option(1024, "DALI: training shuffle buffer in samples (shards are pre-shuffled)")
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Batches from shards: `build_loader(split_json, cfg.data, train=..., rank=..., world_size=...)`.
+
+Both backends yield `Batch` (images [B, 3, H, W] float in channels-last memory, float multi-hot
+targets, the ignore mask where the split has one, sample keys), know their length and take
+`set_epoch`. This package imports no model, loss or kernel code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..shards.format import SplitInfo, split_json_path
+from .batch import Batch, DataError
+from .dali_loader import DaliLoader, dali_available
+from .torch_loader import TorchLoader
+
+__all__ = ["Batch", "DataError", "build_loader", "resolve_backend", "split_json", "DaliLoader", "TorchLoader"]
+
+
+def split_json(cfg: DataConfig, split: str) -> Path:
+    """Where a split of the configured shard set is described: <shards>/<dataset>/<split>.json."""
+    return split_json_path(Path(cfg.shards) / cfg.dataset, split)
+
+
+def resolve_backend(name: str, device: torch.device | str, randaugment: bool = True) -> str:
+    """`auto` picks DALI on a GPU. On CPU it picks DALI only without RandAugment: DALI's CPU
+    RandAugment is as slow as the whole PyTorch pipeline (benchmarks/RESULTS.md, input pipeline), and
+    at parity the PyTorch backend wins on skipping corrupt images and on exact resumes."""
+    device = torch.device(device)
+    if name == "auto":
+        if not dali_available():
+            return "torch"
+        return "dali" if device.type == "cuda" or not randaugment else "torch"
+    if name == "dali" and not dali_available():
+        raise DataError(
+            "data.backend=dali but NVIDIA DALI is not installed: pip install 'fastmlic[dali]' "
+            "(Linux x86_64), or set --data.backend=torch"
+        )
+    return name
+
+
+def build_loader(
+    split_json: str | Path,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> DaliLoader | TorchLoader:
+    """The loader for one split on one rank. Missing or unreadable shards fail here, with their path."""
+    path = Path(split_json)
+    info = SplitInfo.load(path)
+    for tar in info.shard_paths(path.parent):
+        try:
+            with open(tar, "rb") as f:
+                f.read(512)
+        except OSError as e:
+            raise DataError(f"{tar}: cannot read shard ({e.strerror})") from None
+    backend = resolve_backend(cfg.backend, device, randaugment=cfg.randaugment_n > 0)
+    loader_type = DaliLoader if backend == "dali" else TorchLoader
+    return loader_type(
+        info,
+        path.parent,
+        cfg,
+        train=train,
+        rank=rank,
+        world_size=world_size,
+        device=torch.device(device),
+        seed=seed,
+    )

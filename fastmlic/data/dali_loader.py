@@ -1,0 +1,226 @@
+"""The DALI backend: one graph that decodes and augments on the GPU (`mixed` decode) or, with
+`device_id=None`, in DALI's CPU mode.
+
+reader (index files, this rank's part, shuffle buffer in training)
+ -> decode (fused with the random crop window when one is configured: the decoder skips the pixels
+    the crop throws away) -> resize to the square -> RandAugment on the resized image (cheaper than
+    on the source) -> flip + normalise + cast in one crop_mirror_normalize, HWC so the PyTorch view
+    is channels-last without a copy. Cutout runs on the batch afterwards (`batch.cutout_`), the
+    same code as the PyTorch backend.
+
+DALI cannot skip an undecodable image: the pipeline stops. Shards from make_shards only hold images
+that decoded; for others, the error is turned into one that names the bad members and the command
+that repairs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+from ..shards.verify import check_shard
+from .batch import IMAGE_DTYPES, Batch, DataError, cutout_, nhwc_to_channels_last
+
+READER = "Reader"
+SCAN_LIMIT_BYTES = 2 << 30  # on a failure, look for the culprit ourselves in splits up to this size
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int, world_size: int, gpu: bool):
+    from nvidia.dali import fn, types
+    from nvidia.dali.auto_aug import rand_augment
+
+    exts = [IMAGE_EXT, LABEL_EXT] + ([IGNORE_EXT] if info.has_ignore else [])
+    outputs = fn.readers.webdataset(
+        paths=[str(p) for p in info.shard_paths(root)],
+        index_paths=[str(p) for p in info.index_paths(root)],
+        ext=exts,
+        dtypes=[types.UINT8] * len(exts),  # labels are raw bytes: no decoder op
+        missing_component_behavior="error",
+        shard_id=rank,  # the global rank: the local one would give every node the same samples
+        num_shards=world_size,
+        pad_last_batch=True,  # every rank yields the same number of batches
+        random_shuffle=train,
+        initial_fill=cfg.shuffle_buffer,
+        name=READER,
+    )
+    jpegs = outputs[0]
+    # "path:offset:name" per sample, zero-padded to the batch's longest so the output is dense
+    source = fn.pad(fn.get_property(jpegs, key="source_info"))
+    decode = "mixed" if gpu else "cpu"
+    size = cfg.image_size
+    if train and cfg.resize == "random_resized_crop":
+        images = fn.decoders.image_random_crop(
+            jpegs,
+            device=decode,
+            output_type=types.RGB,
+            random_area=list(cfg.crop_scale),
+            random_aspect_ratio=[3 / 4, 4 / 3],
+            num_attempts=10,
+        )
+    else:
+        images = fn.decoders.image(jpegs, device=decode, output_type=types.RGB)
+    images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)  # squash, as the field does
+    if train and cfg.randaugment_n > 0:
+        images = rand_augment.rand_augment(
+            images, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31, shape=[size, size]
+        )
+    mirror = fn.random.coin_flip(probability=0.5) if train and cfg.hflip else 0
+    images = fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+        output_layout="HWC",
+        mean=[m * 255 for m in cfg.mean],
+        std=[s * 255 for s in cfg.std],
+        mirror=mirror,
+    )
+    return (images, source, *outputs[1:])
+
+
+@contextlib.contextmanager
+def _quiet_dali_deprecations():
+    """DALI 2.4's RandAugment uses deprecated operator aliases at every build, and DALI re-enables
+    the warning filter around its own `warn` call; so drop those messages where they are shown."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def filtered(message, category, filename, lineno, file=None, line=None):
+            if not (issubclass(category, DeprecationWarning) and "nvidia.dali" in str(message)):
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = filtered
+        yield
+
+
+class DaliLoader:
+    """Iterable of `Batch`; `len()` is the number of batches per epoch on this rank."""
+
+    backend = "dali"
+
+    def __init__(
+        self,
+        info: SplitInfo,
+        root: Path,
+        cfg: DataConfig,
+        *,
+        train: bool,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        seed: int,
+    ):
+        from nvidia.dali import pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.info, self.root, self.cfg, self.train = info, Path(root), cfg, train
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        gpu = self.device.type == "cuda"
+        device_id = (
+            (self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if gpu
+            else None
+        )
+        graph = pipeline_def(_graph, enable_conditionals=True)  # RandAugment selects ops with `if`
+        with _quiet_dali_deprecations():
+            self.pipe = graph(
+                info,
+                self.root,
+                cfg,
+                train,
+                rank,
+                world_size,
+                gpu,
+                batch_size=cfg.batch_size,
+                num_threads=max(1, cfg.workers),
+                device_id=device_id,
+                seed=seed * 1_000_003 + rank,
+            )
+            self.pipe.build()
+            names = ["images", "source", "targets"] + (["ignore"] if info.has_ignore else [])
+            self.iterator = DALIGenericIterator(
+                [self.pipe],
+                names,
+                reader_name=READER,
+                auto_reset=True,
+                # training fills the last batch (a few repeats, full steps); evaluation never repeats
+                last_batch_policy=LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL,
+            )
+        self.dtype = IMAGE_DTYPES[cfg.dtype]
+        self.cutout_seed = seed * 1_000_003 + rank
+        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
+        self.skipped: list[tuple[str, str, str]] = []  # DALI never skips; kept for the common interface
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    @property
+    def samples(self) -> int:
+        """Samples this rank sees per epoch (DALI rotates which block each rank reads per epoch)."""
+        meta = self.pipe.reader_meta(READER)
+        return -(-meta["epoch_size"] // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        # DALI reshuffles and rotates shards by itself each epoch; the Cutout stream follows the epoch
+        self.epoch = epoch
+        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)
+
+    def __iter__(self):
+        it = iter(self.iterator)
+        while True:
+            try:
+                out = next(it)[0]
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                raise self._explain(e) from None
+            images = nhwc_to_channels_last(out["images"])
+            if images.device != self.device:
+                images = images.to(self.device, non_blocking=True)
+            if images.dtype != self.dtype:
+                images = images.to(self.dtype)
+            if self.train and self.cfg.cutout > 0:
+                cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
+            ignore = out.get("ignore")
+            yield Batch(
+                images=images,
+                targets=out["targets"].to(self.device, non_blocking=True).float(),
+                ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
+                keys=[_key(row) for row in out["source"].cpu().numpy()],
+            )
+
+    def _explain(self, error: RuntimeError) -> DataError:
+        first = next((ln for ln in str(error).splitlines() if "rror" in ln), str(error).splitlines()[0])
+        lines = [f"DALI stopped reading split {self.info.split!r} ({self.root}): {first.strip()}"]
+        total = sum(s.bytes for s in self.info.shards)
+        if total <= SCAN_LIMIT_BYTES:
+            bad = [
+                b for p in self.info.shard_paths(self.root) for b in check_shard(p, self.info.num_classes)[0]
+            ]
+            lines += [f"  {b.shard}: {b.member} ({b.reason})" for b in bad[:10]]
+            if len(bad) > 10:
+                lines.append(f"  ... and {len(bad) - 10} more")
+        lines.append(
+            f"DALI cannot skip an undecodable image; list and remove them with: "
+            f"python tools/make_shards.py --verify {self.root} --repair"
+        )
+        return DataError("\n".join(lines))
+
+
+def _key(source_row) -> str:
+    """'path/shard.tar:offset:KEY.jpg' (zero-padded bytes) -> 'KEY'."""
+    text = bytes(source_row).rstrip(b"\0").decode()
+    return text.rsplit(":", 1)[-1].split(".", 1)[0]

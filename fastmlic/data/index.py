@@ -1,0 +1,78 @@
+"""Random access to a split's samples through the DALI index files (`.idx`) that make_shards writes.
+
+The index gives each member's byte offset and size in its tar, so one `pread` fetches a member
+without scanning the archive, and both backends agree on the sample order that DDP partitions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: int  # position in SplitInfo.shards
+    key: str
+    members: dict[str, tuple[int, int]]  # extension -> (offset, size) in the tar
+
+
+def read_index(idx_path: Path, expected: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {ext: (offset, size)})] from a DALI v1.2 index; errors name the file and line."""
+    lines = Path(idx_path).read_text().splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != "v1.2":
+        raise ValueError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
+    if int(head[1]) != expected or len(lines) - 1 != expected:
+        raise ValueError(f"{idx_path}: lists {len(lines) - 1} samples, the split description says {expected}")
+    out = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise ValueError(f"{idx_path}:{n}: expected groups of 'ext offset size name'")
+        members, key = {}, None
+        for i in range(0, len(fields), 4):
+            ext, offset, size, name = fields[i : i + 4]
+            members[ext] = (int(offset), int(size))
+            key = name.split(".", 1)[0]
+        out.append((key, members))
+    return out
+
+
+class ShardIndex:
+    """Every sample of a split in shard order: `refs[i]` says where sample i's members are."""
+
+    def __init__(self, info: SplitInfo, root: Path):
+        self.info = info
+        self.tars = [str(p) for p in info.shard_paths(root)]
+        self.refs: list[SampleRef] = []
+        required = (IMAGE_EXT, LABEL_EXT) + ((IGNORE_EXT,) if info.has_ignore else ())
+        for shard, (entry, idx) in enumerate(zip(info.shards, info.index_paths(root), strict=True)):
+            for key, members in read_index(idx, entry.num_samples):
+                missing = [e for e in required if e not in members]
+                if missing:
+                    raise ValueError(f"{idx}: sample {key} has no .{missing[0]} member")
+                self.refs.append(SampleRef(shard, key, members))
+        self._fds: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def read(self, i: int, ext: str) -> bytes:
+        ref = self.refs[i]
+        fd = self._fds.get(ref.shard)
+        if fd is None:  # opened lazily: each DataLoader worker gets its own descriptors
+            fd = self._fds[ref.shard] = os.open(self.tars[ref.shard], os.O_RDONLY)
+        offset, size = ref.members[ext]
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{self.tars[ref.shard]}: member {ref.key}.{ext} is cut short (file truncated?)")
+        return data
+
+    def __getstate__(self):  # descriptors do not cross process boundaries
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        return state

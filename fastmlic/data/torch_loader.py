@@ -1,0 +1,257 @@
+"""The PyTorch backend: DataLoader workers decode with Pillow and augment with torchvision v2.
+
+It is the fallback where DALI has no wheels (macOS, Windows, ARM) and the baseline our benchmark
+beats. Samples are read through the shard index, so DDP partitions samples, not shards, exactly as
+DALI's reader does: evaluation gives every rank a contiguous block (each sample once across ranks),
+and training deals one seeded permutation round-robin, padded so every rank gets the same number of
+samples and no rank waits in a collective at the end of an epoch.
+
+Augmentation is seeded per (seed, epoch, sample): a run repeats exactly whatever the worker count,
+and a resumed run sees the same images as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from ..config import DataConfig
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+from .batch import IMAGE_DTYPES, Batch, cutout_, normalize_uint8
+from .index import ShardIndex
+
+MAX_REDRAWS = 16  # training replaces an undecodable image by another; this many in a row is an error
+
+
+def rank_block(num_samples: int, rank: int, world_size: int) -> range:
+    """The contiguous block of samples a rank evaluates; DALI's reader uses the same formula."""
+    return range(num_samples * rank // world_size, num_samples * (rank + 1) // world_size)
+
+
+class EvalSampler(Sampler):
+    def __init__(self, num_samples: int, rank: int, world_size: int):
+        self.block = rank_block(num_samples, rank, world_size)
+        self.epoch = 0
+
+    def __iter__(self):
+        return ((i, self.epoch) for i in self.block)
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+
+class TrainSampler(Sampler):
+    """A permutation per epoch, the same on every rank (seeded by seed and epoch), padded by
+    wrapping to a multiple of the world size and dealt round-robin."""
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int):
+        self.num_samples, self.rank, self.world_size, self.seed = num_samples, rank, world_size, seed
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch = 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        order += order[: self.per_rank * self.world_size - self.num_samples]
+        return ((i, self.epoch) for i in order[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def image_transform(cfg: DataConfig, train: bool) -> v2.Compose:
+    """uint8 CHW -> uint8 CHW at image_size x image_size, with the training augmentations."""
+    size = (cfg.image_size, cfg.image_size)
+    if not train:
+        return v2.Compose([v2.Resize(size, antialias=True)])
+    if cfg.resize == "random_resized_crop":
+        steps = [v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), antialias=True)]
+    else:
+        steps = [v2.Resize(size, antialias=True)]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.randaugment_n > 0:  # after the resize: augmenting the small image is the cheap order
+        steps.append(v2.RandAugment(cfg.randaugment_n, cfg.randaugment_m, num_magnitude_bins=31))
+    return v2.Compose(steps)
+
+
+class ShardDataset(Dataset):
+    """Index (sample, epoch) -> (HWC uint8 image or None, labels, ignore, key, skipped members)."""
+
+    def __init__(self, index: ShardIndex, cfg: DataConfig, train: bool, seed: int):
+        self.index, self.train, self.seed = index, train, seed
+        self.transform = image_transform(cfg, train)
+        # a whole-image resize can decode at reduced size; a random crop wants the full resolution
+        squash = not train or cfg.resize == "squash"
+        self.draft_size = (cfg.image_size, cfg.image_size) if squash else None
+        self.num_classes = index.info.num_classes
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _decode(self, i: int) -> torch.Tensor:
+        """uint8 CHW RGB (grayscale and CMYK converted); ValueError says why an image is bad."""
+        data = self.index.read(i, IMAGE_EXT)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if self.draft_size:  # DCT-domain downscale, never below the output size
+                    im.draft("RGB", self.draft_size)
+                rgb = np.array(im.convert("RGB"))  # writable: torch tensors must be
+        except UnidentifiedImageError:
+            raise ValueError("not a JPEG or any image format Pillow knows") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(str(e) or type(e).__name__) from None
+        return torch.from_numpy(rgb).permute(2, 0, 1)
+
+    def _labels(self, i: int, ext: str) -> np.ndarray:
+        row = np.frombuffer(self.index.read(i, ext), dtype=np.uint8)
+        if row.size != self.num_classes:
+            ref = self.index.refs[i]
+            raise ValueError(
+                f"{self.index.tars[ref.shard]}: {ref.key}.{ext} has {row.size} bytes, "
+                f"expected {self.num_classes}"
+            )
+        return row
+
+    def __getitem__(self, item: tuple[int, int]):
+        i, epoch = item
+        skipped = []
+        for attempt in range(MAX_REDRAWS):
+            try:
+                image = self._decode(i)
+                break
+            except ValueError as e:
+                ref = self.index.refs[i]
+                skipped.append((self.index.tars[ref.shard], ref.key, str(e)))
+                if not self.train:  # evaluation leaves it out: no stand-in may enter the metrics
+                    return None, None, None, ref.key, skipped
+                # training keeps the batch full (equal step counts on every rank) with another image
+                i = (i + 7919 * (attempt + 1)) % len(self.index)
+        else:
+            raise RuntimeError(
+                f"{MAX_REDRAWS} undecodable images in a row ({skipped[-1][0]}); "
+                "check the shards with: python tools/make_shards.py --verify DIR"
+            )
+        with _sample_rng(self.seed, epoch, i):
+            image = self.transform(image)
+        labels = self._labels(i, LABEL_EXT)
+        ignore = self._labels(i, IGNORE_EXT) if self.index.info.has_ignore else None
+        return image.permute(1, 2, 0), labels, ignore, self.index.refs[i].key, skipped
+
+
+class _sample_rng:
+    """Seed torch's global generator per sample (the v2 transforms draw from it); in the main
+    process (workers=0) the previous state is restored so model-side randomness is untouched."""
+
+    def __init__(self, seed: int, epoch: int, index: int):
+        self.value = (seed * 1_000_003 + epoch) * 100_000_007 + index
+        self.in_main = torch.utils.data.get_worker_info() is None
+
+    def __enter__(self):
+        if self.in_main:
+            self.saved = torch.get_rng_state()
+        torch.manual_seed(self.value % (2**63))
+
+    def __exit__(self, *exc):
+        if self.in_main:
+            torch.set_rng_state(self.saved)
+
+
+def collate(samples: list) -> dict:
+    skipped = [s for sample in samples for s in sample[4]]
+    good = [s for s in samples if s[0] is not None]
+    if not good:
+        return {"images": None, "targets": None, "ignore": None, "keys": [], "skipped": skipped}
+    return {
+        "images": torch.stack([s[0] for s in good]),
+        "targets": torch.from_numpy(np.stack([s[1] for s in good])),
+        "ignore": torch.from_numpy(np.stack([s[2] for s in good])) if good[0][2] is not None else None,
+        "keys": [s[3] for s in good],
+        "skipped": skipped,
+    }
+
+
+class TorchLoader:
+    """Iterable of `Batch`; `len()` is the number of batches per epoch on this rank."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        info: SplitInfo,
+        root: Path,
+        cfg: DataConfig,
+        *,
+        train: bool,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        seed: int,
+    ):
+        self.info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
+        self.dtype = IMAGE_DTYPES[cfg.dtype]
+        index = ShardIndex(info, root)
+        if train:
+            self.sampler = TrainSampler(len(index), rank, world_size, seed)
+        else:
+            self.sampler = EvalSampler(len(index), rank, world_size)
+        self.loader = DataLoader(
+            ShardDataset(index, cfg, train, seed),
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.workers > 0,
+            prefetch_factor=4 if cfg.workers > 0 else None,
+        )
+        self.cutout_seed = seed * 1_000_003 + rank
+        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
+        self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def samples(self) -> int:
+        """Samples this rank sees per epoch (before any corrupt image is skipped)."""
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self.sampler.epoch = epoch
+        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)
+
+    def __iter__(self):
+        for raw in self.loader:
+            self._note_skipped(raw["skipped"])
+            if not raw["keys"]:
+                continue  # evaluation only: every image of this batch was undecodable
+            images = normalize_uint8(
+                raw["images"].to(self.device, non_blocking=True), self.cfg.mean, self.cfg.std, self.dtype
+            )
+            if self.train and self.cfg.cutout > 0:
+                cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
+            ignore = raw["ignore"]
+            yield Batch(
+                images=images,
+                targets=raw["targets"].to(self.device, non_blocking=True).float(),
+                ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
+                keys=raw["keys"],
+            )
+
+    def _note_skipped(self, skipped: list) -> None:
+        for shard, key, reason in skipped:
+            if len(self.skipped) < 10:
+                warnings.warn(
+                    f"{shard}: skipped undecodable image {key}.{IMAGE_EXT} ({reason})", stacklevel=3
+                )
+            self.skipped.append((shard, key, reason))

@@ -1,0 +1,211 @@
+"""Both data backends on small shard sets: the batch contract, DDP coverage, augmentation, bad images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rawdata
+import torch
+
+from fastmlic.config import DataConfig
+from fastmlic.data import DataError, build_loader, resolve_backend
+from fastmlic.data.batch import cutout_
+from fastmlic.data.dali_loader import dali_available
+from fastmlic.shards.format import ShardEntry, SplitInfo, shard_name
+from fastmlic.shards.writer import ShardSample, write_shard
+
+BACKENDS = [
+    "torch",
+    pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI is not installed")),
+]
+C = 6
+
+
+def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="val"):
+    """n samples of ragged sizes (one grayscale, one CMYK JPEG) in shards of `shard_size`; `bad` maps
+    sample positions to image bytes planted instead. Returns {key: (labels, ignore)}."""
+    bad = bad or {}
+    truth, entries, samples = {}, [], []
+    for i in range(n):
+        key = f"s{i:03d}"
+        mode = {3: "L", 5: "CMYK"}.get(i, "RGB")
+        size = (int(rng.integers(20, 70)), int(rng.integers(20, 70)))
+        image = bad.get(i) or rawdata.image_bytes(rng, size, mode=mode)
+        labels = (rng.random(C) < 0.4).astype(np.uint8)
+        ignore = (rng.random(C) < 0.2).astype(np.uint8)
+        members = [("jpg", image), ("lbl", labels.tobytes())] + (
+            [("ign", ignore.tobytes())] if has_ignore else []
+        )
+        samples.append(ShardSample(key, tuple(members)))
+        truth[key] = (labels, ignore)
+    for s in range(0, n, shard_size):
+        name = shard_name(split, s // shard_size)
+        size = write_shard(root / f"{name}.tar", samples[s : s + shard_size])
+        entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(samples[s : s + shard_size]), size))
+    info = SplitInfo(dataset="t", split=split, classes=[f"c{c}" for c in range(C)], num_samples=n,
+                     shards=entries, has_ignore=has_ignore, positives=[0] * C, ignored=[0] * C,
+                     cooccurrence=[[0] * C] * C, labels_per_image={})  # fmt: skip
+    info.save(root / f"{split}.json")
+    return truth
+
+
+def cfg_for(backend, **kw):
+    base = dict(image_size=32, batch_size=8, workers=2, backend=backend, randaugment_n=2, randaugment_m=9,
+                cutout=0.5, hflip=True)  # fmt: skip
+    return DataConfig(**{**base, **kw})
+
+
+def epoch(loader, epoch=0):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_follow_the_contract_and_carry_the_written_labels(tmp_path, rng, backend):
+    truth = make_split(tmp_path, rng)
+    for dtype, torch_dtype in [("float32", torch.float32), ("bfloat16", torch.bfloat16)]:
+        loader = build_loader(tmp_path / "val.json", cfg_for(backend, dtype=dtype), train=False)
+        assert loader.backend == backend
+        batches = epoch(loader)
+        assert len(batches) == len(loader) == 5
+        for b in batches:
+            assert b.images.shape == (len(b), 3, 32, 32) and b.images.dtype == torch_dtype
+            assert b.images.is_contiguous(memory_format=torch.channels_last)
+            assert b.images.permute(0, 2, 3, 1).is_contiguous()  # NHWC memory, not a copy of NCHW
+            assert b.targets.dtype == torch.float32 and b.ignore.dtype == torch.bool
+            for key, t, ign in zip(b.keys, b.targets, b.ignore, strict=True):
+                np.testing.assert_array_equal(t.numpy(), truth[key][0])
+                np.testing.assert_array_equal(ign.numpy(), truth[key][1].astype(bool))
+        assert sorted(k for b in batches for k in b.keys) == sorted(truth)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grayscale_and_cmyk_jpegs_come_out_as_rgb(tmp_path, rng, backend):
+    make_split(tmp_path, rng, n=8, has_ignore=False)
+    cfg = cfg_for(backend, mean=[0, 0, 0], std=[1, 1, 1])
+    images = {k: img for b in epoch(build_loader(tmp_path / "val.json", cfg, train=False))
+              for k, img in zip(b.keys, b.images, strict=True)}  # fmt: skip
+    gray = images["s003"]
+    torch.testing.assert_close(gray[0], gray[1], atol=2 / 255, rtol=0)
+    torch.testing.assert_close(gray[0], gray[2], atol=2 / 255, rtol=0)
+    assert not torch.allclose(images["s000"][0], images["s000"][1], atol=0.05)
+    assert images["s005"].shape == (3, 32, 32)  # CMYK
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_two_simulated_ranks_evaluate_every_sample_exactly_once(tmp_path, rng, backend, world_size):
+    truth = make_split(tmp_path, rng)  # 37 samples: no world size or batch size divides it
+    seen, eval_lens, train_lens = [], set(), set()
+    for rank in range(world_size):
+        loader = build_loader(tmp_path / "val.json", cfg_for(backend), train=False, rank=rank,
+                              world_size=world_size)  # fmt: skip
+        eval_lens.add(len(loader))
+        seen += [k for b in epoch(loader) for k in b.keys]
+        train = build_loader(tmp_path / "val.json", cfg_for(backend), train=True, rank=rank,
+                             world_size=world_size)  # fmt: skip
+        batches = epoch(train, 1)
+        assert len(batches) == len(train)
+        train_lens.add(len(train))
+    assert sorted(seen) == sorted(truth)
+    assert len(train_lens) == 1  # equal steps per epoch on every rank: no rank waits in a collective
+    assert len(eval_lens) == 1
+
+
+def test_torch_training_epochs_partition_the_data_between_ranks(tmp_path, rng):
+    truth = make_split(tmp_path, rng)
+    per_rank = []
+    for rank in range(2):
+        loader = build_loader(tmp_path / "val.json", cfg_for("torch"), train=True, rank=rank, world_size=2)
+        per_rank.append([k for b in epoch(loader, 3) for k in b.keys])
+    assert len(per_rank[0]) == len(per_rank[1]) == 19  # 37 padded to 38 by one wrapped sample
+    assert set(per_rank[0]) | set(per_rank[1]) == set(truth)
+    assert len(set(per_rank[0]) & set(per_rank[1])) <= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmentation_changes_training_images_and_evaluation_is_deterministic(tmp_path, rng, backend):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    cfg = cfg_for(backend, cutout=0.0)  # RandAugment and flips alone must differ between epochs
+
+    def by_key(loader, e):
+        return {k: img.clone() for b in epoch(loader, e) for k, img in zip(b.keys, b.images, strict=True)}
+
+    evaluation = build_loader(tmp_path / "val.json", cfg, train=False)
+    first, second = by_key(evaluation, 0), by_key(evaluation, 1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    training = build_loader(tmp_path / "val.json", cfg, train=True)
+    aug0, aug1 = by_key(training, 0), by_key(training, 1)
+    changed = [k for k in first if not torch.allclose(aug0[k], first[k], atol=1e-3)]
+    assert len(changed) == len(first)
+    assert sum(not torch.equal(aug0[k], aug1[k]) for k in first) == len(first)
+
+
+def test_torch_augmentation_repeats_for_a_seed_whatever_the_worker_count(tmp_path, rng):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    runs = []
+    for workers in (0, 2):
+        loader = build_loader(tmp_path / "val.json", cfg_for("torch", workers=workers), train=True, seed=5)
+        runs.append([(b.keys, b.images) for b in epoch(loader, 2)])
+    for (keys_a, img_a), (keys_b, img_b) in zip(*runs, strict=True):
+        assert keys_a == keys_b
+        torch.testing.assert_close(img_a, img_b, rtol=0, atol=0)
+
+
+def test_torch_backend_skips_and_counts_corrupt_jpegs(tmp_path, rng):
+    bad = {4: rawdata.corrupt_jpeg(rng), 20: bytes(rng.integers(0, 256, 300, np.uint8))}
+    truth = make_split(tmp_path, rng, bad=bad)
+    with pytest.warns(UserWarning, match=r"val-000000.tar: skipped undecodable image s004"):
+        loader = build_loader(tmp_path / "val.json", cfg_for("torch"), train=False)
+        keys = [k for b in epoch(loader) for k in b.keys]
+    assert sorted(keys) == sorted(set(truth) - {"s004", "s020"})
+    assert sorted(k for _, k, _ in loader.skipped) == ["s004", "s020"]
+    with pytest.warns(UserWarning, match="skipped undecodable image"):
+        train = build_loader(tmp_path / "val.json", cfg_for("torch"), train=True)
+        batches = epoch(train)
+    assert len(batches) == len(train) and sum(len(b) for b in batches) == 37  # stand-ins keep steps full
+    assert {k for _, k, _ in train.skipped} == {"s004", "s020"}
+    assert not {"s004", "s020"} & {k for b in batches for k in b.keys}
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_dali_failure_names_the_shard_and_key_and_the_repair_command(tmp_path, rng):
+    make_split(tmp_path, rng, n=16, has_ignore=False, bad={11: bytes(rng.integers(0, 256, 300, np.uint8))})
+    loader = build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    with pytest.raises(DataError, match=r"(?s)val-000001.tar: s011.jpg.*--verify .* --repair"):
+        epoch(loader)
+
+
+def test_a_missing_shard_fails_at_start_with_its_path(tmp_path, rng):
+    make_split(tmp_path, rng, n=16)
+    (tmp_path / "val-000001.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="val-000001.tar"):
+        build_loader(tmp_path / "val.json", cfg_for("torch"), train=False)
+
+
+def test_auto_backend_and_an_unavailable_dali(monkeypatch):
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu", randaugment=True) == "torch"
+    if dali_available():
+        assert resolve_backend("auto", "cpu", randaugment=False) == "dali"
+    monkeypatch.setattr("fastmlic.data.dali_available", lambda: False)
+    assert resolve_backend("auto", "cpu", randaugment=False) == "torch"
+    with pytest.raises(DataError, match="backend=torch"):
+        resolve_backend("dali", "cpu")
+
+
+def test_cutout_fills_one_clipped_square_per_image_with_one_colour():
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(64, 3, 20, 20).to(memory_format=torch.channels_last)
+    cutout_(images, 0.5, mean=[0.5] * 3, std=[0.5] * 3, generator=g)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    changed = (images != 0).any(1)  # [B, H, W]
+    area = changed.flatten(1).sum(1)
+    assert (area > 0).all() and (area <= 100).all()  # at most (0.5 * 20)^2, less where clipped
+    assert (area < 100).any()  # some squares reach past the border
+    for img, mask in zip(images, changed, strict=True):
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        assert mask.sum() == len(rows) * len(cols)  # one rectangle
+        colour = img[:, mask]
+        assert (colour == colour[:, :1]).all()  # one colour
+        assert ((colour >= -1) & (colour <= 1)).all()  # a pixel colour, normalised like the image
