@@ -1,4 +1,4 @@
-# make demo: fresh venv, install, digits shards (then training, once the trainer lands)
+# make demo: fresh venv, install, digits shards, a training run on them with its summary
 # make test: fresh venv, install, the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,6 +20,7 @@ shards: install
 	$(BIN)/python tools/make_shards.py --data digits --out $(SHARDS) --workers 2
 
 demo: shards
+	$(BIN)/python fastmlic/train.py --cfg digits --data.shards=$(SHARDS)
 
 test: install
 	$(BIN)/ruff check .
@@ -30,6 +31,8 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/make_shards.py
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

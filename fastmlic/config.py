@@ -80,6 +80,9 @@ class ModelConfig:
     pretrained_path: str | None = option(None, "load backbone weights from this local file instead")
     head: Literal["linear", "label_attention"] = option("linear", "classification head")
     drop_rate: float = option(0.0, "dropout before the classifier")
+    embed_dim: int = option(512, "label_attention: width of the label queries and per-label embeddings")
+    heads: int = option(4, "label_attention: attention heads")
+    proj_dim: int = option(128, "label_attention: output of the projection head for the contrastive loss")
 
 
 @dataclass
@@ -92,6 +95,9 @@ class LossConfig:
     detach_focal: bool = option(True, "treat the ASL focusing weight as a constant in the gradient")
     reduction: Literal["sum", "mean"] = option("sum", "sum over batch and classes (ASL) or mean")
     scale: float = option(1.0, "multiplier after the reduction (mean x 1000 is the Query2Label form)")
+    use_ignore: bool = option(True, "leave ignore-marked cells (VOC difficult-only) out of the loss")
+    supcon_weight: float = option(0.0, "weight of the label-level SupCon term (needs head=label_attention)")
+    supcon_temperature: float = option(0.2, "SupCon temperature (MulCon: 0.2)")
 
 
 @dataclass
@@ -107,6 +113,7 @@ class OptimConfig:
     pct_start: float = option(0.2, "OneCycle: fraction of training spent rising to the peak")
     warmup_epochs: float = option(0.0, "cosine: linear warm-up length in epochs")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0 turns it off)")
+    accumulate: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
 
 
 @dataclass
@@ -118,6 +125,17 @@ class TrainConfig:
     )
     channels_last: bool = option(True, "NHWC memory format for images and the model")
     out_dir: str = option("runs", "directory under which run folders are created")
+    name: str | None = option(None, "run folder name (default: DATASET-BACKBONE-DATE-TIME)")
+    device: Literal["auto", "cuda", "cpu"] = option("auto", "training device; auto = CUDA when available")
+    method: str = option("standard", "training method (fastmlic.methods): how a batch becomes a loss")
+    compile: bool = option(False, "torch.compile the model")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across DDP ranks")
+    threshold: float = option(0.5, "score threshold for CP/CR/CF1/OP/OR/OF1")
+    patience: int = option(0, "stop when the headline mAP has not improved for this many epochs (0: never)")
+    stop_after: int = option(0, "end this invocation after this many epochs; --resume continues (0: never)")
+    init_from: str | None = option(None, "initialise the model from this checkpoint (e.g. a stage-one run)")
+    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder")
+    log_every: int = option(20, "steps between training-loss records in the metrics log")
     map_flavour: Literal["non_interpolated", "voc2012"] = option(
         "non_interpolated",
         "headline mAP: ASL/ML-GCN non-interpolated AP or the VOC2012 interpolated envelope",
@@ -304,6 +322,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.pct_start={cfg.optim.pct_start} must be in (0, 1)")
     if not 0 <= cfg.ema.decay < 1:
         raise ConfigError(f"ema.decay={cfg.ema.decay} must be in [0, 1)")
+    if cfg.optim.accumulate < 1:
+        raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} must be at least 1")
+    if cfg.loss.supcon_weight > 0 and cfg.model.head != "label_attention":
+        raise ConfigError("loss.supcon_weight > 0 needs per-label embeddings: set model.head=label_attention")
+    if cfg.model.embed_dim % cfg.model.heads:
+        raise ConfigError(f"model.embed_dim={cfg.model.embed_dim} must be divisible by model.heads")
     if cfg.model.pretrained and cfg.model.pretrained_path:
         raise ConfigError("set model.pretrained or model.pretrained_path, not both")
 

@@ -42,16 +42,33 @@ def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="
         name = shard_name(split, s // shard_size)
         size = write_shard(root / f"{name}.tar", samples[s : s + shard_size])
         entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(samples[s : s + shard_size]), size))
-    info = SplitInfo(dataset="t", split=split, classes=[f"c{c}" for c in range(C)], num_samples=n,
-                     shards=entries, has_ignore=has_ignore, positives=[0] * C, ignored=[0] * C,
-                     cooccurrence=[[0] * C] * C, labels_per_image={})  # fmt: skip
+    info = SplitInfo(
+        dataset="t",
+        split=split,
+        classes=[f"c{c}" for c in range(C)],
+        num_samples=n,
+        shards=entries,
+        has_ignore=has_ignore,
+        positives=[0] * C,
+        ignored=[0] * C,
+        cooccurrence=[[0] * C] * C,
+        labels_per_image={},
+    )
     info.save(root / f"{split}.json")
     return truth
 
 
 def cfg_for(backend, **kw):
-    base = dict(image_size=32, batch_size=8, workers=2, backend=backend, randaugment_n=2, randaugment_m=9,
-                cutout=0.5, hflip=True)  # fmt: skip
+    base = dict(
+        image_size=32,
+        batch_size=8,
+        workers=2,
+        backend=backend,
+        randaugment_n=2,
+        randaugment_m=9,
+        cutout=0.5,
+        hflip=True,
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -83,8 +100,11 @@ def test_batches_follow_the_contract_and_carry_the_written_labels(tmp_path, rng,
 def test_grayscale_and_cmyk_jpegs_come_out_as_rgb(tmp_path, rng, backend):
     make_split(tmp_path, rng, n=8, has_ignore=False)
     cfg = cfg_for(backend, mean=[0, 0, 0], std=[1, 1, 1])
-    images = {k: img for b in epoch(build_loader(tmp_path / "val.json", cfg, train=False))
-              for k, img in zip(b.keys, b.images, strict=True)}  # fmt: skip
+    images = {
+        k: img
+        for b in epoch(build_loader(tmp_path / "val.json", cfg, train=False))
+        for k, img in zip(b.keys, b.images, strict=True)
+    }
     gray = images["s003"]
     torch.testing.assert_close(gray[0], gray[1], atol=2 / 255, rtol=0)
     torch.testing.assert_close(gray[0], gray[2], atol=2 / 255, rtol=0)
@@ -98,12 +118,14 @@ def test_two_simulated_ranks_evaluate_every_sample_exactly_once(tmp_path, rng, b
     truth = make_split(tmp_path, rng)  # 37 samples: no world size or batch size divides it
     seen, eval_lens, train_lens = [], set(), set()
     for rank in range(world_size):
-        loader = build_loader(tmp_path / "val.json", cfg_for(backend), train=False, rank=rank,
-                              world_size=world_size)  # fmt: skip
+        loader = build_loader(
+            tmp_path / "val.json", cfg_for(backend), train=False, rank=rank, world_size=world_size
+        )
         eval_lens.add(len(loader))
         seen += [k for b in epoch(loader) for k in b.keys]
-        train = build_loader(tmp_path / "val.json", cfg_for(backend), train=True, rank=rank,
-                             world_size=world_size)  # fmt: skip
+        train = build_loader(
+            tmp_path / "val.json", cfg_for(backend), train=True, rank=rank, world_size=world_size
+        )
         batches = epoch(train, 1)
         assert len(batches) == len(train)
         train_lens.add(len(train))

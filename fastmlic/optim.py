@@ -1,0 +1,63 @@
+"""Optimizer with "true" weight decay (none on biases and norm weights) and a backbone learning-rate
+factor, and the per-step schedule (OneCycle, or cosine with linear warm-up)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_backbone = name.startswith("backbone.")
+        decay = p.ndim > 1 and not name.endswith(".bias")  # 1-D: biases, norm scales, per-label biases
+        groups.setdefault((in_backbone, decay), []).append(p)
+    return [
+        {
+            "params": ps,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "lr_factor": cfg.backbone_lr_factor if in_backbone else 1.0,
+        }  # fmt: skip
+        for (in_backbone, decay), ps in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_factor"]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    # Adam's own weight_decay adds wd * w to the gradient (L2), which is what ASL's recipe uses
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
+):
+    """Stepped once per optimizer step."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=cfg.pct_start,
+        )
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

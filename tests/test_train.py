@@ -1,0 +1,196 @@
+"""The trainer end to end on a tiny `digits` set: learning, exact repeats, resume, bad input,
+evaluate and predict on the checkpoint it writes, and a 2-process Gloo run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+from fastmlic import evaluate, predict, train
+from fastmlic.engine import NonFiniteLoss
+from fastmlic.methods import METHODS, Standard
+
+TINY = [
+    "--data.image_size=32",
+    "--data.batch_size=32",
+    "--data.workers=0",
+    "--data.backend=torch",
+    "--model.backbone=resnet18",
+    "--train.epochs=2",
+    "--train.log_every=2",
+    "--optim.lr=2e-3",
+]
+
+
+def make_digits(out, train, val, size):
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "make_shards.py"),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--digits-train",
+            str(train),
+            "--digits-val",
+            str(val),
+            "--digits-size",
+            str(size),
+            "--shard-size",
+            "128",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Small and fast: for the mechanics (repeats, resume, errors, DDP)."""
+    return make_digits(tmp_path_factory.mktemp("tiny"), 256, 96, 32)
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """Enough images and steps (about 200) for the model to learn visibly."""
+    return make_digits(tmp_path_factory.mktemp("learnable"), 2048, 256, 48)
+
+
+def run_train(shards, out, name, *extra):
+    return train.main(
+        [
+            "--cfg",
+            "digits",
+            f"--data.shards={shards}",
+            f"--train.out_dir={out}",
+            f"--train.name={name}",
+            *TINY,
+            *extra,
+        ]
+    )
+
+
+def epochs(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    timing = ("seconds", "images_per_s", "images_per_s_per_device", "data_wait", "peak_memory_mb")
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows if r["kind"] == "epoch"]
+
+
+def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path):
+    summary = run_train(learnable, tmp_path, "a", "--data.image_size=48", "--train.epochs=3")
+    run = tmp_path / "a"
+    for name in ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    rows = epochs(run)
+    assert len(rows) == 3
+    assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+    val = json.loads((learnable / "digits" / "val.json").read_text())
+    chance = sum(val["positives"]) / len(val["positives"]) / val["num_samples"]  # AP of a random ranking
+    assert summary["best"]["mAP"] > chance + 0.1, (summary["best"], chance)
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["source"] in ("raw", "ema") and best["metrics"]["mAP"] == summary["best"]["mAP"]
+
+    metrics = evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}"])
+    assert metrics["num_samples"] == 256
+    assert metrics["mAP"] == pytest.approx(summary["best"]["mAP"], abs=1e-6)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    images = [str(tmp_path / "img.jpg"), str(tmp_path / "bad.jpg")]
+    results = predict.main(["--ckpt", str(run / "best.pt"), *images, "--top-k", "3"])
+    assert len(results) == 1 and len(results[0]["labels"]) == 3
+
+
+def test_a_fixed_seed_repeats_exactly(shards, tmp_path):
+    run_train(shards, tmp_path, "a")
+    run_train(shards, tmp_path, "b")
+    assert epochs(tmp_path / "a") == epochs(tmp_path / "b")
+
+
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(shards, tmp_path):
+    run_train(shards, tmp_path, "whole", "--train.epochs=3")
+    run_train(shards, tmp_path, "split", "--train.epochs=3", "--train.stop_after=1")
+    assert len(epochs(tmp_path / "split")) == 1
+    train.main(["--resume", str(tmp_path / "split"), "--train.stop_after=0"])
+    assert epochs(tmp_path / "split") == epochs(tmp_path / "whole")
+
+
+def test_resume_with_another_config_stops_and_says_what_differs(shards, tmp_path):
+    run_train(shards, tmp_path, "r", "--train.epochs=1")
+    with pytest.raises(ValueError, match=r"optim.lr: run has 0.002, command line gives 0.1"):
+        train.main(["--resume", str(tmp_path / "r"), "--optim.lr=0.1"])
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_train(shards, tmp_path, "r", "--train.epochs=1")
+
+
+def test_missing_split_and_foreign_checkpoint_stop_at_start(shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nosuch.json"):
+        run_train(shards, tmp_path, "m", "--data.val_split=nosuch")
+    ckpt = tmp_path / "other.pt"
+    torch.save({"classes": [f"x{i}" for i in range(5)], "model": {}}, ckpt)
+    with pytest.raises(ValueError, match=r"init_from .*5 classes, the shards have 10"):
+        run_train(shards, tmp_path, "i", f"--train.init_from={ckpt}")
+
+
+def test_a_nan_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_checkpoint(
+    shards, tmp_path, monkeypatch
+):
+    class Explodes(Standard):
+        calls = 0
+
+        def training_step(self, model, batch):
+            loss, parts = super().training_step(model, batch)
+            Explodes.calls += 1
+            return (loss * float("nan") if Explodes.calls > 9 else loss), parts
+
+    monkeypatch.setitem(METHODS, "explodes", Explodes)
+    with pytest.raises(NonFiniteLoss, match=r"at step 10.*optim.lr.*bf16"):
+        run_train(shards, tmp_path, "n", "--train.method=explodes")
+    last = torch.load(tmp_path / "n" / "last.pt", weights_only=False)
+    assert last["state"]["epoch"] == 1  # the epoch that finished before the NaN
+
+
+@pytest.mark.dist
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(shards, tmp_path):
+    common = [
+        "--cfg",
+        "digits",
+        f"--data.shards={shards}",
+        f"--train.out_dir={tmp_path}",
+        *TINY,
+        "--model.backbone=test_convnext",
+        "--ema.enabled=false",
+    ]
+    # a LayerNorm backbone: per-rank BatchNorm statistics would differ from one process's (SyncBN needs CUDA)
+    run_train(shards, tmp_path, "one", "--model.backbone=test_convnext", "--ema.enabled=false")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(ROOT / "fastmlic" / "train.py"),
+            *common,
+            "--train.name=two",
+            "--data.batch_size=16",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    one, two = epochs(tmp_path / "one"), epochs(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
+        assert a["raw_mAP"] == pytest.approx(b["raw_mAP"], abs=5e-3)
+        assert a["raw_num_samples"] == b["raw_num_samples"] == 96

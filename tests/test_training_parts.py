@@ -1,0 +1,83 @@
+"""The trainer's parts on their own: losses, parameter groups, schedules and EMA arithmetic."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastmlic.kernels import asl_reference, supcon_reference
+from timm.utils import ModelEmaV3
+
+from fastmlic.config import LossConfig, ModelConfig, OptimConfig
+from fastmlic.losses import build_loss
+from fastmlic.models import build_model
+from fastmlic.optim import build_optimizer, build_scheduler
+
+
+def test_bce_and_asl_leave_ignored_cells_out(rng):
+    logits = torch.from_numpy(rng.normal(size=(6, 5))).float()
+    targets = torch.from_numpy(rng.random((6, 5)) < 0.4).float()
+    ignore = torch.from_numpy(rng.random((6, 5)) < 0.3)
+    bce = build_loss(LossConfig(name="bce", reduction="mean"))
+    expected = F.binary_cross_entropy_with_logits(logits[~ignore], targets[~ignore])
+    torch.testing.assert_close(bce({"logits": logits}, targets, ignore)[0], expected)
+    asl = build_loss(LossConfig(name="asl", gamma_pos=0, gamma_neg=4, clip=0.05))
+    keep = (~ignore).float()
+    ref = asl_reference(logits, targets, gamma_pos=0, gamma_neg=4, clip=0.05, reduction="none")
+    torch.testing.assert_close(asl({"logits": logits}, targets, ignore)[0], (ref * keep).sum())
+    no_ignore = build_loss(LossConfig(name="asl", gamma_pos=0, use_ignore=False))
+    torch.testing.assert_close(no_ignore({"logits": logits}, targets, ignore)[0], ref.sum())
+
+
+def test_supcon_term_uses_the_positive_label_slots(rng):
+    emb = F.normalize(torch.from_numpy(rng.normal(size=(4, 3, 8))).float(), dim=-1)
+    targets = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 0, 0]]).float()
+    crit = build_loss(LossConfig(name="bce", supcon_weight=0.5, supcon_temperature=0.2))
+    total, parts = crit({"logits": torch.zeros(4, 3), "label_embeddings": emb}, targets)
+    img, lab = targets.nonzero(as_tuple=True)
+    expected = supcon_reference(emb[img, lab].double(), lab, temperature=0.2, base_temperature=0.2)
+    torch.testing.assert_close(parts["supcon"].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, parts["cls"] + 0.5 * parts["supcon"])
+
+
+def test_no_weight_decay_on_biases_and_norms_and_a_backbone_lr_factor():
+    model = build_model(ModelConfig(backbone="test_resnet", head="label_attention", embed_dim=16, heads=2), 3)
+    cfg = OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, backbone_lr_factor=0.1)
+    opt = build_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            assert group["weight_decay"] == (0.05 if p.ndim > 1 else 0.0), name
+            assert group["lr"] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(schedule="cosine", lr=1.0, warmup_epochs=1), 30, 10)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.1, 0.2, 0.3])
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
+
+
+def test_ema_arithmetic_with_and_without_warmup():
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEmaV3(model, decay=0.9)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=1)  # the first update copies (decay 0 at step 1)
+    torch.testing.assert_close(ema.module.weight, w0 + 1)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=2)
+    torch.testing.assert_close(ema.module.weight, 0.9 * (w0 + 1) + 0.1 * (w0 + 2))
+    warm = ModelEmaV3(model, decay=0.9999, use_warmup=True)
+    assert warm.get_decay(11) == pytest.approx(1 - (1 + 10) ** (-2 / 3))
+    assert warm.get_decay(10**9) == pytest.approx(0.9999)
