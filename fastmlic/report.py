@@ -106,13 +106,17 @@ def plot_class_ap(ap: np.ndarray, classes: list[str], positives: np.ndarray, out
     return _save(fig, out / "class_ap.png")
 
 
-def cluster_order(matrix: np.ndarray) -> list[int]:
-    """Classes ordered by average-linkage clustering of their co-occurrence profiles."""
+def cluster_order(affinity: np.ndarray) -> list[int]:
+    """Classes ordered by average-linkage clustering on 1 - affinity, so classes that often appear
+    together sit next to each other and blocks show."""
     from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
 
-    if len(matrix) < 3:
-        return list(range(len(matrix)))
-    return leaves_list(linkage(matrix, method="average", metric="cosine")).tolist()
+    if len(affinity) < 3:
+        return list(range(len(affinity)))
+    distance = 1 - affinity / max(affinity.max(), 1e-12)
+    np.fill_diagonal(distance, 0)
+    return leaves_list(linkage(squareform(distance, checks=False), method="average")).tolist()
 
 
 def plot_cooccurrence(info: SplitInfo, out: Path) -> Path:
@@ -121,7 +125,7 @@ def plot_cooccurrence(info: SplitInfo, out: Path) -> Path:
     # P(column | row): how often a row class's images also hold the column class
     conditional = counts / np.maximum(np.diag(counts)[:, None], 1)
     np.fill_diagonal(conditional, 0)
-    order = cluster_order(conditional + conditional.T + 1e-9)
+    order = cluster_order((conditional + conditional.T) / 2)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(conditional[np.ix_(order, order)], cmap="viridis")
     if len(order) <= 40:
@@ -147,7 +151,8 @@ def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: flo
             pixels = np.asarray(im.convert("RGB"))
         scores, truth = preds["scores"][row], preds["targets"][row]
         top = np.argsort(-scores)[:TOP_LABELS]
-        predicted = [f"{classes[c]} {scores[c]:.2f}" for c in np.argsort(-scores) if scores[c] >= threshold]
+        above = [c for c in np.argsort(-scores) if scores[c] >= threshold]
+        predicted = [f"{classes[c]} {scores[c]:.2f}" for c in above[:4]] + (["..."] if len(above) > 4 else [])
         ax = axes[row, 0]
         ax.imshow(pixels)
         ax.set_title("true: " + ", ".join(classes[c] for c in np.flatnonzero(truth)), fontsize=7)
@@ -164,7 +169,7 @@ def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: flo
     fig.suptitle(
         "validation images: true and predicted labels" + (", attention" if attention is not None else "")
     )
-    return _save(fig, out / "predictions.png")
+    return _save(fig, out / "predictions.png", top=1 - 0.5 / fig.get_figheight())
 
 
 def attention_grid(weights: np.ndarray) -> np.ndarray:
@@ -190,8 +195,8 @@ def confusions(preds: dict, classes: list[str], ap: np.ndarray, threshold: float
     return rows
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, top: float = 1.0) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, top))  # `top` < 1 leaves room for a suptitle
     fig.savefig(path, dpi=100)
     _plt().close(fig)
     return path
