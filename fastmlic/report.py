@@ -144,26 +144,35 @@ def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: flo
     keys = preds["keys"][:GRID_IMAGES]
     position = {ref.key: i for i, ref in enumerate(index.refs)}
     attention = preds.get("attention")
-    columns = 1 + (TOP_LABELS if attention is not None else 0)
-    fig, axes = plt.subplots(len(keys), columns, figsize=(2.6 * columns, 2.6 * len(keys)), squeeze=False)
+    # one image and its attention maps per row, or four images per row for heads without attention
+    panels = 1 + (TOP_LABELS if attention is not None else 0)
+    per_row = 1 if attention is not None else 4
+    rows = -(-len(keys) // per_row)
+    columns = panels * per_row
+    fig, grid_axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in grid_axes.flat:
+        ax.axis("off")
     for row, key in enumerate(keys):
+        axes_row = grid_axes[row // per_row, (row % per_row) * panels : (row % per_row + 1) * panels]
         with Image.open(io.BytesIO(index.read(position[key], "jpg"))) as im:
             pixels = np.asarray(im.convert("RGB"))
         scores, truth = preds["scores"][row], preds["targets"][row]
         top = np.argsort(-scores)[:TOP_LABELS]
         above = [c for c in np.argsort(-scores) if scores[c] >= threshold]
         predicted = [f"{classes[c]} {scores[c]:.2f}" for c in above[:4]] + (["..."] if len(above) > 4 else [])
-        ax = axes[row, 0]
+        ax = axes_row[0]
+        ax.axis("on")
         ax.imshow(pixels)
         ax.set_title("true: " + ", ".join(classes[c] for c in np.flatnonzero(truth)), fontsize=7)
         ax.set_xlabel("pred: " + (", ".join(predicted) or "-"), fontsize=7)
         for col, c in enumerate(top, start=1) if attention is not None else []:
             grid = attention_grid(attention[row, c])
-            axes[row, col].imshow(pixels)
-            axes[row, col].imshow(grid, cmap="jet", alpha=0.45, interpolation="bilinear",
-                                  extent=(0, pixels.shape[1], pixels.shape[0], 0))  # fmt: skip
-            axes[row, col].set_title(f"attention: {classes[c]} {scores[c]:.2f}", fontsize=7)
-        for ax in axes[row]:
+            axes_row[col].axis("on")
+            axes_row[col].imshow(pixels)
+            axes_row[col].imshow(grid, cmap="jet", alpha=0.45, interpolation="bilinear",
+                                 extent=(0, pixels.shape[1], pixels.shape[0], 0))  # fmt: skip
+            axes_row[col].set_title(f"attention: {classes[c]} {scores[c]:.2f}", fontsize=7)
+        for ax in axes_row:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(
