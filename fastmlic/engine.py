@@ -55,15 +55,19 @@ def train_one_epoch(
     step: int,
     accumulate: int = 1,
     grad_clip: float = 0.0,
-    loss_multiplier: float = 1.0,
+    sums_over_batch: bool = False,
     world_size: int = 1,
     log_every: int = 20,
     on_log=None,
     progress: bool = False,
 ) -> tuple[EpochStats, int]:
     """One pass over `loader`; returns the epoch's statistics and the new optimizer step count.
-    `loss_multiplier` scales the backward loss (world size for losses that sum over the batch)."""
+    A loss that sums over the batch is scaled by the world size (DDP averages gradients) and summed
+    over micro-batches; a mean loss is averaged over micro-batches: either way the step equals one
+    process on the global batch."""
     model.train()
+    backward_scale = world_size if sums_over_batch else 1.0 / accumulate
+    report_scale = world_size if sums_over_batch else 1.0
     total_batches = len(loader)
     bar = tqdm(total=total_batches, disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0)
     losses, images, wait = [], 0, 0.0
@@ -81,7 +85,7 @@ def train_one_epoch(
         with sync:
             with autocast(device, amp):
                 loss, parts = method.training_step(model, batch)
-            scaled = loss * (loss_multiplier / accumulate)
+            scaled = loss * backward_scale
             (scaler.scale(scaled) if scaler else scaled).backward()
         losses.append(loss.detach())
         images += len(batch)
@@ -125,7 +129,7 @@ def train_one_epoch(
             "lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16."
         )
     # the loss of the global batch, as one process would report it: ranks' losses scaled as in backward
-    images_all, wait_sum, loss_sum = all_reduce_sum([images, wait / seconds, mean_loss * loss_multiplier],
+    images_all, wait_sum, loss_sum = all_reduce_sum([images, wait / seconds, mean_loss * report_scale],
                                                     world_size)  # fmt: skip
     stats = EpochStats(loss_sum / world_size, int(images_all), seconds, wait_sum / world_size, len(losses))
     return stats, step

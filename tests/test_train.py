@@ -194,3 +194,33 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(shards, t
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
         assert a["raw_mAP"] == pytest.approx(b["raw_mAP"], abs=5e-3)
         assert a["raw_num_samples"] == b["raw_num_samples"] == 96
+
+
+def test_gradient_accumulation_matches_the_larger_batch(shards, tmp_path):
+    # no BatchNorm (it would see half batches); SGD, whose step scales with the gradient (Adam's does not)
+    common = ["--model.backbone=test_convnext", "--ema.enabled=false", "--optim.name=sgd", "--optim.lr=1e-3"]
+    run_train(shards, tmp_path, "big", *common)
+    run_train(shards, tmp_path, "acc", *common, "--data.batch_size=16", "--optim.accumulate=2")
+    for a, b in zip(epochs(tmp_path / "big"), epochs(tmp_path / "acc"), strict=True):
+        assert a["step"] == b["step"]
+        assert a["raw_mAP"] == pytest.approx(b["raw_mAP"], abs=5e-3)
+    big = torch.load(tmp_path / "big" / "last.pt", weights_only=False)["model"]
+    acc = torch.load(tmp_path / "acc" / "last.pt", weights_only=False)["model"]
+    for name, value in big.items():
+        torch.testing.assert_close(acc[name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_early_stopping_by_patience(shards, tmp_path, monkeypatch):
+    import fastmlic.engine
+
+    real = fastmlic.engine.multilabel_metrics
+
+    def flat(*args, **kwargs):  # a model that never improves after its first evaluation
+        m = real(*args, **kwargs)
+        m["mAP"] = 0.5
+        return m
+
+    monkeypatch.setattr(fastmlic.engine, "multilabel_metrics", flat)
+    run_train(shards, tmp_path, "p", "--train.epochs=5", "--train.patience=2", "--ema.enabled=false")
+    assert len(epochs(tmp_path / "p")) == 3
+    assert "early stop" in (tmp_path / "p" / "log.txt").read_text()
