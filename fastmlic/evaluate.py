@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from .config import ConfigError, load_config
-from .data import DataError, build_loader, split_json
+from .cli import exit_on_user_error
+from .config import load_config
+from .data import build_loader, split_json
 from .distributed import cleanup, init_distributed
 from .engine import collect_predictions, gather_predictions
 from .metrics import multilabel_metrics
@@ -95,14 +96,5 @@ def report(m: dict, classes: list[str], headline: str, threshold: float, seconds
     return "\n".join(lines)
 
 
-def cli() -> int:
-    try:
-        main()
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(exit_on_user_error(main))

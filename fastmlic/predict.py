@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli import exit_on_user_error
 from .data.batch import normalize_uint8
 from .evaluate import load_model
 
@@ -68,8 +69,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_on_user_error(main))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import exit_on_user_error
 from .data import build_loader, split_json
 from .data.index import ShardIndex
 from .engine import collect_predictions
@@ -311,8 +312,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_on_user_error(main))

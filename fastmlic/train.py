@@ -19,10 +19,11 @@ import torch  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from fastmlic.cli import exit_on_user_error  # noqa: E402
 from fastmlic.config import ConfigError, describe, load_config  # noqa: E402
-from fastmlic.data import DataError, build_loader, split_json  # noqa: E402
+from fastmlic.data import build_loader, split_json  # noqa: E402
 from fastmlic.distributed import broadcast_object, cleanup, init_distributed  # noqa: E402
-from fastmlic.engine import NonFiniteLoss, evaluate, train_one_epoch  # noqa: E402
+from fastmlic.engine import evaluate, train_one_epoch  # noqa: E402
 from fastmlic.losses import build_loss  # noqa: E402
 from fastmlic.methods import build_method  # noqa: E402
 from fastmlic.models import build_model  # noqa: E402
@@ -246,15 +247,5 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
     run.log("\n" + "\n".join(lines))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        cleanup()
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(exit_on_user_error(main))

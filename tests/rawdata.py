@@ -1,9 +1,12 @@
-"""Tiny raw-layout trees of each benchmark, written by the tests, with the quirks the readers must handle."""
+"""Tiny raw-layout trees of each benchmark, written by the tests, with the quirks the readers must handle;
+and small `digits` shard sets made the way a user makes them."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +123,28 @@ def make_vg500(root: Path, rng: np.random.Generator) -> dict:
         write(root / "VG_100K" / name, image_bytes(rng))
     write(root / "VG_100K_2" / "2.jpg", image_bytes(rng))
     return {"classes": [str(i) for i in range(500)]}
+
+
+def digits_shards(out: Path, train: int, val: int, size: int) -> Path:
+    """`digits` shards made by tools/make_shards.py, as a user would make them."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "tools" / "make_shards.py"),
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--digits-train",
+            str(train),
+            "--digits-val",
+            str(val),
+            "--digits-size",
+            str(size),
+            "--shard-size",
+            "128",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out

@@ -6,10 +6,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+import rawdata
 from PIL import Image
 
 from fastmlic import evaluate, report, train
@@ -18,24 +17,7 @@ from fastmlic import evaluate, report, train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "make_shards.py"),
-            "--data",
-            "digits",
-            "--out",
-            str(tmp),
-            "--digits-train",
-            "192",
-            "--digits-val",
-            "64",
-            "--digits-size",
-            "32",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    rawdata.digits_shards(tmp, 192, 64, 32)
     train.main(
         [
             "--cfg",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import rawdata
 import torch
 from conftest import ROOT
 
@@ -29,40 +30,16 @@ TINY = [
 ]
 
 
-def make_digits(out, train, val, size):
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "make_shards.py"),
-            "--data",
-            "digits",
-            "--out",
-            str(out),
-            "--digits-train",
-            str(train),
-            "--digits-val",
-            str(val),
-            "--digits-size",
-            str(size),
-            "--shard-size",
-            "128",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """Small and fast: for the mechanics (repeats, resume, errors, DDP)."""
-    return make_digits(tmp_path_factory.mktemp("tiny"), 256, 96, 32)
+    return rawdata.digits_shards(tmp_path_factory.mktemp("tiny"), 256, 96, 32)
 
 
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory):
     """Enough images and steps (about 200) for the model to learn visibly."""
-    return make_digits(tmp_path_factory.mktemp("learnable"), 2048, 256, 48)
+    return rawdata.digits_shards(tmp_path_factory.mktemp("learnable"), 2048, 256, 48)
 
 
 def run_train(shards, out, name, *extra):

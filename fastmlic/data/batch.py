@@ -63,5 +63,38 @@ def cutout_(
     return images
 
 
+class LoaderBase:
+    """What both backends share: epoch bookkeeping and the last per-batch step on the device
+    (cast, Cutout, targets to float), so the two yield identical `Batch`es."""
+
+    backend = ""
+
+    def __init__(self, info, cfg, *, train: bool, rank: int, device: torch.device, seed: int):
+        self.info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
+        self.dtype = IMAGE_DTYPES[cfg.dtype]
+        self.cutout_seed = seed * 1_000_003 + rank
+        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
+        self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)  # Cutout follows the epoch
+
+    def _finish(self, images, targets, ignore, keys: list[str]) -> Batch:
+        if images.device != self.device:
+            images = images.to(self.device, non_blocking=True)
+        if images.dtype != self.dtype:
+            images = images.to(self.dtype)
+        if self.train and self.cfg.cutout > 0:
+            cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
+        return Batch(
+            images=images,
+            targets=targets.to(self.device, non_blocking=True).float(),
+            ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
+            keys=keys,
+        )
+
+
 class DataError(RuntimeError):
     """The input cannot be read; the message names the shard and sample and what to run."""

@@ -24,7 +24,7 @@ import torch
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
 from ..shards.verify import check_shard
-from .batch import IMAGE_DTYPES, Batch, DataError, cutout_, nhwc_to_channels_last
+from .batch import DataError, LoaderBase, nhwc_to_channels_last
 
 READER = "Reader"
 SCAN_LIMIT_BYTES = 2 << 30  # on a failure, look for the culprit ourselves in splits up to this size
@@ -104,8 +104,9 @@ def _quiet_dali_deprecations():
         yield
 
 
-class DaliLoader:
-    """Iterable of `Batch`; `len()` is the number of batches per epoch on this rank."""
+class DaliLoader(LoaderBase):
+    """Iterable of `Batch`; `len()` is the number of batches per epoch on this rank. DALI never skips
+    an image, so `skipped` stays empty; it reshuffles and rotates shards by itself each epoch."""
 
     backend = "dali"
 
@@ -124,9 +125,8 @@ class DaliLoader:
         from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.info, self.root, self.cfg, self.train = info, Path(root), cfg, train
-        self.device = torch.device(device)
-        self.rank, self.world_size = rank, world_size
+        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed)
+        self.root, self.rank, self.world_size = Path(root), rank, world_size  # DALI reshuffles per epoch
         gpu = self.device.type == "cuda"
         device_id = (
             (self.device.index if self.device.index is not None else torch.cuda.current_device())
@@ -158,11 +158,6 @@ class DaliLoader:
                 # training fills the last batch (a few repeats, full steps); evaluation never repeats
                 last_batch_policy=LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL,
             )
-        self.dtype = IMAGE_DTYPES[cfg.dtype]
-        self.cutout_seed = seed * 1_000_003 + rank
-        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
-        self.skipped: list[tuple[str, str, str]] = []  # DALI never skips; kept for the common interface
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.iterator)
@@ -173,11 +168,6 @@ class DaliLoader:
         meta = self.pipe.reader_meta(READER)
         return -(-meta["epoch_size"] // self.world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        # DALI reshuffles and rotates shards by itself each epoch; the Cutout stream follows the epoch
-        self.epoch = epoch
-        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)
-
     def __iter__(self):
         it = iter(self.iterator)
         while True:
@@ -187,20 +177,8 @@ class DaliLoader:
                 return
             except RuntimeError as e:
                 raise self._explain(e) from None
-            images = nhwc_to_channels_last(out["images"])
-            if images.device != self.device:
-                images = images.to(self.device, non_blocking=True)
-            if images.dtype != self.dtype:
-                images = images.to(self.dtype)
-            if self.train and self.cfg.cutout > 0:
-                cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
-            ignore = out.get("ignore")
-            yield Batch(
-                images=images,
-                targets=out["targets"].to(self.device, non_blocking=True).float(),
-                ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
-                keys=[_key(row) for row in out["source"].cpu().numpy()],
-            )
+            keys = [_key(row) for row in out["source"].cpu().numpy()]
+            yield self._finish(nhwc_to_channels_last(out["images"]), out["targets"], out.get("ignore"), keys)
 
     def _explain(self, error: RuntimeError) -> DataError:
         first = next((ln for ln in str(error).splitlines() if "rror" in ln), str(error).splitlines()[0])

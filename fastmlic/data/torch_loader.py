@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
-from .batch import IMAGE_DTYPES, Batch, cutout_, normalize_uint8
+from .batch import LoaderBase, normalize_uint8
 from .index import ShardIndex
 
 MAX_REDRAWS = 16  # training replaces an undecodable image by another; this many in a row is an error
@@ -179,7 +179,7 @@ def collate(samples: list) -> dict:
     }
 
 
-class TorchLoader:
+class TorchLoader(LoaderBase):
     """Iterable of `Batch`; `len()` is the number of batches per epoch on this rank."""
 
     backend = "torch"
@@ -196,8 +196,7 @@ class TorchLoader:
         device: torch.device,
         seed: int,
     ):
-        self.info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
-        self.dtype = IMAGE_DTYPES[cfg.dtype]
+        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed)
         index = ShardIndex(info, root)
         if train:
             self.sampler = TrainSampler(len(index), rank, world_size, seed)
@@ -213,10 +212,6 @@ class TorchLoader:
             persistent_workers=cfg.workers > 0,
             prefetch_factor=4 if cfg.workers > 0 else None,
         )
-        self.cutout_seed = seed * 1_000_003 + rank
-        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
-        self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -227,8 +222,8 @@ class TorchLoader:
         return len(self.sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = self.sampler.epoch = epoch
-        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)
+        super().set_epoch(epoch)
+        self.sampler.epoch = epoch
 
     def __iter__(self):
         for raw in self.loader:
@@ -238,15 +233,7 @@ class TorchLoader:
             images = normalize_uint8(
                 raw["images"].to(self.device, non_blocking=True), self.cfg.mean, self.cfg.std, self.dtype
             )
-            if self.train and self.cfg.cutout > 0:
-                cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
-            ignore = raw["ignore"]
-            yield Batch(
-                images=images,
-                targets=raw["targets"].to(self.device, non_blocking=True).float(),
-                ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
-                keys=raw["keys"],
-            )
+            yield self._finish(images, raw["targets"], raw["ignore"], raw["keys"])
 
     def _note_skipped(self, skipped: list) -> None:
         for shard, key, reason in skipped:
