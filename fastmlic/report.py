@@ -73,6 +73,7 @@ def plot_map(epochs: list[dict], out: Path) -> Path:
     if "ema_mAP" in epochs[0]:
         ax.plot(x, [r["ema_mAP"] for r in epochs], "s-", label="EMA")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("validation mAP")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -86,6 +87,7 @@ def plot_throughput(epochs: list[dict], out: Path) -> Path:
     x = [r["epoch"] for r in epochs]
     ax.bar(x, [r["images_per_s"] for r in epochs], color="tab:green", alpha=0.7)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("images/s (all devices)", color="tab:green")
     wait_ax = ax.twinx()
     wait_ax.plot(x, [100 * r["data_wait"] for r in epochs], "o-", color="tab:red")
@@ -203,6 +205,12 @@ def confusions(preds: dict, classes: list[str], ap: np.ndarray, threshold: float
                      "false_positives": int(false_pos.sum()),
                      "confused_with": ", ".join(common) or "-"})  # fmt: skip
     return rows
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _save(fig, path: Path, top: float = 1.0) -> Path:
