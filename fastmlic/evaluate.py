@@ -29,9 +29,10 @@ def config_from_checkpoint(ckpt: dict, overrides: list[str]):
 
     import yaml
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:  # load_config reads recipes from files
         yaml.safe_dump(ckpt["config"], f)
-    return load_config(f.name, overrides)
+        f.flush()
+        return load_config(f.name, overrides)
 
 
 def load_model(ckpt_path: str, overrides: list[str], device: torch.device):

@@ -228,7 +228,7 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
     if not epochs:
         raise ValueError(f"{run}: no finished epoch in metrics.jsonl yet")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(str(run / "best.pt"), [f"--data.shards={cfg_shards(run)}"], device)
+    model, cfg, ckpt = load_model(str(run / "best.pt"), [], device)
     split = split or cfg.data.val_split
     path = split_json(cfg.data, split)
     loader = build_loader(path, cfg.data, train=False, device=device)
@@ -269,12 +269,6 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
                        (run / "config.yaml").read_text())  # fmt: skip
     (out / "report.html").write_text(page)
     return out / "report.html"
-
-
-def cfg_shards(run: Path) -> str:
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text())["data"]["shards"]
 
 
 def render_html(run: Path, headline: dict, figures: dict, worst: list[dict], config_text: str) -> str:

@@ -162,12 +162,6 @@ class DaliLoader(LoaderBase):
     def __len__(self) -> int:
         return len(self.iterator)
 
-    @property
-    def samples(self) -> int:
-        """Samples this rank sees per epoch (DALI rotates which block each rank reads per epoch)."""
-        meta = self.pipe.reader_meta(READER)
-        return -(-meta["epoch_size"] // self.world_size)
-
     def __iter__(self):
         it = iter(self.iterator)
         while True:

@@ -216,11 +216,6 @@ class TorchLoader(LoaderBase):
     def __len__(self) -> int:
         return len(self.loader)
 
-    @property
-    def samples(self) -> int:
-        """Samples this rank sees per epoch (before any corrupt image is skipped)."""
-        return len(self.sampler)
-
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.sampler.epoch = epoch
