@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: E402
 from fastmlic.config import load_config  # noqa: E402
-from fastmlic.data import build_loader, split_json  # noqa: E402
+from fastmlic.distributed import init_distributed  # noqa: E402
 from fastmlic.engine import train_one_epoch  # noqa: E402
-from fastmlic.losses import build_loss  # noqa: E402
-from fastmlic.methods import build_method  # noqa: E402
-from fastmlic.models import build_model  # noqa: E402
-from fastmlic.optim import build_optimizer, build_scheduler  # noqa: E402
+from fastmlic.recipes import StepContext  # noqa: E402
+from fastmlic.trainer import Trainer  # noqa: E402
 
 
 class Limited:
@@ -56,20 +55,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     args, overrides = p.parse_known_args()
     cfg = load_config(args.cfg, overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = cfg.train.amp if device.type == "cuda" or cfg.train.amp != "fp16" else "bf16"
-    loader = build_loader(split_json(cfg.data, cfg.data.train_split), cfg.data, train=True, device=device)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = build_model(cfg.model, loader.info.num_classes).to(device, memory_format=memory_format)
-    method = build_method(cfg.train.method, build_loss(cfg.loss))
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, 10**6, 10**3)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    cfg.train.out_dir = tempfile.mkdtemp(prefix="fastmlic-bench-")  # the trainer's run folder, thrown away
+    cfg.train.epochs = max(cfg.train.epochs, 1000)  # the rows step far past one run's schedule: keep it going
+    trainer = Trainer(cfg, init_distributed(cfg.train.device))  # the trainer's own builder
+    device, amp, loader = trainer.dist.device, trainer.amp, trainer.train_loader
     batch = next(iter(loader))
 
     def step_rate(source) -> float:
-        stats, _ = train_one_epoch(model, method, optimizer, scheduler, scaler, None, source, device=device,
-                                   amp=amp, step=0, log_every=10**9)  # fmt: skip
+        ctx = StepContext(step=0, epoch=0, total_steps=10**9, device=device, amp=amp, rank=0, world_size=1,
+                          ema=trainer.parts.ema)  # fmt: skip
+        stats = train_one_epoch(trainer.parts, source, ctx, log_every=10**9)
         return stats.images_per_s, stats.data_wait
 
     def input_rate() -> tuple[float, float]:

@@ -2,7 +2,11 @@
 
 Precedence is defaults < YAML < command line. Every field has a type, a default and a one-line help
 string; an unknown key or a value of the wrong type is an error that names the key and, for a typo,
-the closest valid key. Recipes in `fastmlic/configs/` are found by bare name (`--cfg vg500.yaml`).
+the closest valid key. Config files in `fastmlic/configs/` are found by bare name (`--cfg vg500.yaml`).
+
+The `recipe` section is typed by the training recipe it names: `recipe: {name: NAME, ...}` selects a
+recipe registered in `fastmlic.recipes`, and its other keys are that recipe's own dataclass fields.
+Setting `recipe.name` to another recipe starts that recipe's keys from their defaults.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class DataConfig:
     )
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the image tensors")
     shuffle_buffer: int = option(1024, "DALI: training shuffle buffer in samples (shards are pre-shuffled)")
+    classes: list[str] = option(
+        [], "train and evaluate on these classes only (names from the split; empty: every class)"
+    )
 
 
 @dataclass
@@ -78,11 +85,10 @@ class ModelConfig:
     backbone: str = option("resnet50", "timm model name")
     pretrained: bool = option(False, "load timm's pretrained weights from the hub")
     pretrained_path: str | None = option(None, "load backbone weights from this local file instead")
-    head: Literal["linear", "label_attention"] = option("linear", "classification head")
+    head: str = option("linear", "classification head (fastmlic.models.HEADS): linear | label_attention")
     drop_rate: float = option(0.0, "dropout before the classifier")
-    embed_dim: int = option(512, "label_attention: width of the label queries and per-label embeddings")
+    embed_dim: int = option(512, "label_attention: width of the label queries and per-label features")
     heads: int = option(4, "label_attention: attention heads")
-    proj_dim: int = option(128, "label_attention: output of the projection head for the contrastive loss")
 
 
 @dataclass
@@ -96,8 +102,6 @@ class LossConfig:
     reduction: Literal["sum", "mean"] = option("sum", "sum over batch and classes (ASL) or mean")
     scale: float = option(1.0, "multiplier after the reduction (mean x 1000 is the Query2Label form)")
     use_ignore: bool = option(True, "leave ignore-marked cells (VOC difficult-only) out of the loss")
-    supcon_weight: float = option(0.0, "weight of the label-level SupCon term (needs head=label_attention)")
-    supcon_temperature: float = option(0.2, "SupCon temperature (MulCon: 0.2)")
 
 
 @dataclass
@@ -127,7 +131,6 @@ class TrainConfig:
     out_dir: str = option("runs", "directory under which run folders are created")
     name: str | None = option(None, "run folder name (default: DATASET-BACKBONE-DATE-TIME)")
     device: Literal["auto", "cuda", "cpu"] = option("auto", "training device; auto = CUDA when available")
-    method: str = option("standard", "training method (fastmlic.methods): how a batch becomes a loss")
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across DDP ranks")
     threshold: float = option(0.5, "score threshold for CP/CR/CF1/OP/OR/OF1")
@@ -150,6 +153,26 @@ class EmaConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """What every recipe's config has; a recipe subclasses it with its own keys and default name."""
+
+    name: str = option("standard", "training recipe (fastmlic/recipes); its keys are listed below")
+
+
+def recipe_config(name: str) -> RecipeConfig:
+    """The default config of the recipe registered as `name` (recipes import torch: loaded on demand)."""
+    from .recipes import RECIPES
+    from .registry import UnknownName
+
+    try:
+        config = RECIPES.lookup(name).Config()
+    except UnknownName as e:
+        raise ConfigError(str(e)) from None
+    config.name = name  # the registered name, also for a recipe that reuses another's config class
+    return config
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,6 +180,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    recipe: RecipeConfig = field(default_factory=lambda: recipe_config("standard"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,15 +235,33 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+def _field_type(cfg: Config, section: str, key: str) -> Any:
+    """The declared type of `section.key` in `cfg` (the recipe section is typed by the chosen recipe)."""
     sections = _sections()
     if section not in sections:
         raise ConfigError(f"unknown config section '{section}'{_closest(section, list(sections))}")
-    sub = getattr(cfg, section)
-    hints = typing.get_type_hints(type(sub))
+    hints = typing.get_type_hints(type(getattr(cfg, section)))
     if key not in hints:
-        raise ConfigError(f"unknown config key '{section}.{key}'{_closest(key, list(hints), section + '.')}")
-    setattr(sub, key, _coerce(f"{section}.{key}", value, hints[key]))
+        where = f" of recipe '{cfg.recipe.name}'" if section == "recipe" else ""
+        raise ConfigError(
+            f"unknown config key '{section}.{key}'{where}{_closest(key, list(hints), section + '.')}"
+        )
+    return hints[key]
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+    tp = _field_type(cfg, section, key)
+    value = _coerce(f"{section}.{key}", value, tp)
+    if section == "recipe" and key == "name":
+        if value != cfg.recipe.name:  # another recipe: its own keys, from their defaults
+            cfg.recipe = recipe_config(value)
+        return
+    setattr(getattr(cfg, section), key, value)
+
+
+def _name_first(items: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """`recipe.name` before the recipe's other keys, which only exist once the recipe is chosen."""
+    return sorted(items, key=lambda item: (item[0], item[1]) != ("recipe", "name"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -259,11 +301,15 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _override_value(section: str, key: str, raw: str) -> Any:
-    """A command-line value parsed as YAML, but string fields keep the text (`--model.backbone=123`)."""
+def _override_value(tp: Any, raw: str) -> Any:
+    """A command-line value parsed as YAML, but string fields keep the text (`--model.backbone=123`), and
+    so do the items of string lists (`--data.classes=[7, 2]` names the classes '7' and '2')."""
+    if tp == list[str]:
+        try:
+            return yaml.load(raw, Loader=yaml.BaseLoader)  # every scalar as its text
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot read {raw!r} as a list: {e}") from None
     value = _yaml(raw) if raw != "" else ""
-    hints = typing.get_type_hints(_sections().get(section, object))
-    tp = hints.get(key)
     wants_str = tp is str or (
         typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
     )
@@ -272,31 +318,40 @@ def _override_value(section: str, key: str, raw: str) -> Any:
     return value
 
 
-def load_config(cfg: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML recipe `cfg` (if any), then the command-line `overrides`."""
+def load_config(
+    cfg: str | Path | dict | None = None, overrides: list[str] | None = None, source: str = ""
+) -> Config:
+    """Defaults, then `cfg` (a YAML file by path or bare name, or an already-parsed mapping such as a
+    checkpoint's config; `source` names it in errors), then the command-line `overrides`."""
     config = Config()
-    if cfg is not None:
+    if isinstance(cfg, dict):
+        data, where = cfg, source or "config"
+    elif cfg is not None:
         path = find_config(cfg)
         try:
             data = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        where = str(path)
+    if cfg is not None:
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+            raise ConfigError(f"{where}: expected a mapping of sections at the top level")
+        items = []
         for section, values in data.items():
             if section not in _sections():
                 raise ConfigError(
-                    f"{path}: unknown config section '{section}'{_closest(section, list(_sections()))}"
+                    f"{where}: unknown config section '{section}'{_closest(section, list(_sections()))}"
                 )
             if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section '{section}' must be a mapping of keys")
-            for key, value in values.items():
-                try:
-                    _apply(config, section, key, value)
-                except ConfigError as e:
-                    raise ConfigError(f"{path}: {e}") from None
-    for section, key, raw in parse_overrides(overrides or []):
-        _apply(config, section, key, _override_value(section, key, raw))
+                raise ConfigError(f"{where}: section '{section}' must be a mapping of keys")
+            items += [(section, key, value) for key, value in values.items()]
+        for section, key, value in _name_first(items):
+            try:
+                _apply(config, section, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+    for section, key, raw in _name_first(parse_overrides(overrides or [])):
+        _apply(config, section, key, _override_value(_field_type(config, section, key), raw))
     validate(config)
     return config
 
@@ -324,25 +379,51 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ema.decay={cfg.ema.decay} must be in [0, 1)")
     if cfg.optim.accumulate < 1:
         raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} must be at least 1")
-    if cfg.loss.supcon_weight > 0 and cfg.model.head != "label_attention":
-        raise ConfigError("loss.supcon_weight > 0 needs per-label embeddings: set model.head=label_attention")
+    if len(set(d.classes)) != len(d.classes):
+        duplicates = sorted({c for c in d.classes if d.classes.count(c) > 1})
+        raise ConfigError(f"data.classes names {', '.join(duplicates)} more than once")
     if cfg.model.embed_dim % cfg.model.heads:
         raise ConfigError(f"model.embed_dim={cfg.model.embed_dim} must be divisible by model.heads")
     if cfg.model.pretrained and cfg.model.pretrained_path:
         raise ConfigError("set model.pretrained or model.pretrained_path, not both")
+    from .models import HEADS
+    from .recipes import RECIPES
+    from .registry import UnknownName
+
+    try:
+        HEADS.lookup(cfg.model.head)
+    except UnknownName as e:
+        raise ConfigError(str(e)) from None
+    RECIPES.lookup(cfg.recipe.name).check(cfg)  # the recipe's own cross-field checks
 
 
-def describe(cfg_type: type = Config) -> str:
-    """Every key with its type, default and help: what `--help` prints."""
+def _describe_fields(section: str, section_type: type, skip: tuple[str, ...] = ()) -> list[str]:
+    hints = typing.get_type_hints(section_type)
     lines = []
-    for section, section_type in _sections(cfg_type).items():
+    for f in dataclasses.fields(section_type):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = _describe(hints[f.name])
+        lines.append(f"  --{section}.{f.name}={default!r:<14} {kind}: {f.metadata['help']}")
+    return lines
+
+
+def describe() -> str:
+    """Every key with its type, default and help, every recipe's keys included: what `--help` prints."""
+    from .recipes import RECIPES
+
+    lines = []
+    for section, section_type in _sections().items():
+        if section == "recipe":
+            continue
         lines.append(f"{section}:")
-        hints = typing.get_type_hints(section_type)
-        for f in dataclasses.fields(section_type):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(
-                f"  --{section}.{f.name}={default!r:<14} {_describe(hints[f.name])}: {f.metadata['help']}"
-            )
+        lines += _describe_fields(section, section_type)
+    lines.append(f"recipe:  (--recipe.name picks one of: {', '.join(RECIPES)}; default 'standard')")
+    for name, recipe in RECIPES.items():
+        summary = (recipe.__doc__ or "").strip().splitlines()[0] if recipe.__doc__ else ""
+        lines.append(f"  {name}: {summary}")
+        lines += ["  " + line for line in _describe_fields("recipe", recipe.Config, skip=("name",))]
     return "\n".join(lines)
 
 

@@ -40,6 +40,32 @@ def init_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world_size, local_rank, dev)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' tensors concatenated along dim 0; the backward keeps this rank's slice of the
+    gradient. Every rank computes the same loss of the gathered tensor, so its own gradient of that
+    loss is already the whole gradient for its slice: no communication in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """`x` of every rank, stacked along dim 0 in rank order, differentiable for this rank's rows. Every
+    rank must pass the same shape (training batches are equal on every rank). A loss of the result is
+    a loss of the global batch: see `recipes.base.Term` ('global') for how it is scaled."""
+    if world_size == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
 def all_gather_objects(obj, world_size: int) -> list:
     if world_size == 1:
         return [obj]

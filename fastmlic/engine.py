@@ -1,4 +1,5 @@
-"""train_one_epoch and evaluate: functions of built objects; nothing here reads a config file."""
+"""train_one_epoch and evaluate: functions of built objects and a small context; nothing here reads a
+config file, and nothing here knows a training method: recipes give named loss terms."""
 
 from __future__ import annotations
 
@@ -14,12 +15,19 @@ from tqdm import tqdm
 
 from .distributed import all_gather_objects, all_reduce_sum
 from .metrics import multilabel_metrics
+from .recipes.base import Recipe, StepContext, Term
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message says at which step and what to try."""
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The mixed precision a device runs: fp16 needs CUDA's loss scaling, so elsewhere it becomes bf16
+    (fp32's range, no scaler). Decided once, by the trainer's builder."""
+    return "bf16" if amp == "fp16" and device.type != "cuda" else amp
 
 
 def autocast(device: torch.device, amp: str):
@@ -41,33 +49,38 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+@dataclass
+class TrainParts:
+    """What a training epoch works with, built once by the trainer."""
+
+    net: nn.Module  # what runs forward: the trainable module, compiled and/or wrapped in DDP
+    module: nn.Module  # the trainable module itself (the optimiser's and EMA's)
+    recipe: Recipe
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
+    ema: object | None = None  # timm ModelEmaV3 of `module`
+    accumulate: int = 1
+    grad_clip: float = 0.0
+
+
+def combine_terms(
+    terms: dict[str, Term], world_size: int, accumulate: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what to back-propagate, this rank's loss in global-batch units): each term weighted and scaled
+    by its reduction, so N ranks x k micro-batches step as one process on the global batch."""
+    backward = sum(t.weight * t.backward_scale(world_size, accumulate) * t.value for t in terms.values())
+    report = sum(t.weight * t.report_scale(world_size) * t.value.detach() for t in terms.values())
+    return backward, report
+
+
 def train_one_epoch(
-    model: nn.Module,
-    method,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler | None,
-    ema,
-    loader,
-    *,
-    device: torch.device,
-    amp: str,
-    step: int,
-    accumulate: int = 1,
-    grad_clip: float = 0.0,
-    sums_over_batch: bool = False,
-    world_size: int = 1,
-    log_every: int = 20,
-    on_log=None,
-    progress: bool = False,
-) -> tuple[EpochStats, int]:
-    """One pass over `loader`; returns the epoch's statistics and the new optimizer step count.
-    A loss that sums over the batch is scaled by the world size (DDP averages gradients) and summed
-    over micro-batches; a mean loss is averaged over micro-batches: either way the step equals one
-    process on the global batch."""
-    model.train()
-    backward_scale = world_size if sums_over_batch else 1.0 / accumulate
-    report_scale = world_size if sums_over_batch else 1.0
+    parts: TrainParts, loader, ctx: StepContext, *, log_every: int = 20, on_log=None, progress: bool = False
+) -> EpochStats:
+    """One pass over `loader`; `ctx.step` counts optimiser steps. Logged losses are those of the
+    global batch (averaged over ranks), as one process would report them."""
+    p = parts
+    p.net.train()
     total_batches = len(loader)
     bar = tqdm(total=total_batches, disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0)
     losses, images, wait = [], 0, 0.0
@@ -80,70 +93,78 @@ def train_one_epoch(
         except StopIteration:
             break
         wait += time.perf_counter() - t0
-        last_micro = (i + 1) % accumulate == 0 or i + 1 == total_batches
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(device, amp):
-                loss, parts = method.training_step(model, batch)
-            scaled = loss * backward_scale
-            (scaler.scale(scaled) if scaler else scaled).backward()
-        losses.append(loss.detach())
+        last_micro = (i + 1) % p.accumulate == 0 or i + 1 == total_batches
+        no_sync = not last_micro and hasattr(p.net, "no_sync")
+        with p.net.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(ctx.device, ctx.amp):
+                terms = p.recipe.training_step(p.net, batch, ctx)
+            backward, loss = combine_terms(terms, ctx.world_size, p.accumulate)
+            (p.scaler.scale(backward) if p.scaler else backward).backward()
+        losses.append(loss)
         images += len(batch)
         if last_micro:
-            if scaler:
-                scaler.unscale_(optimizer)
-            if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
+            if p.scaler:
+                p.scaler.unscale_(p.optimizer)
+            if p.grad_clip > 0:
+                nn.utils.clip_grad_norm_(p.module.parameters(), p.grad_clip)
+            if p.scaler:
+                p.scaler.step(p.optimizer)
+                p.scaler.update()
             else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                ema.update(model.module if hasattr(model, "module") else model, step=step)
-            method.after_step(model, step)
-            if step % log_every == 0:
-                value = loss.item()  # one sync per log interval, not per step
-                if not math.isfinite(value):
+                p.optimizer.step()
+            p.optimizer.zero_grad(set_to_none=True)
+            p.scheduler.step()
+            ctx.step += 1
+            if p.ema is not None:
+                p.ema.update(p.module, step=ctx.step)
+            p.recipe.after_step(p.module, ctx)
+            if ctx.step % log_every == 0:
+                row = _step_row(loss, terms, ctx, p.optimizer.param_groups[-1]["lr"])
+                if not math.isfinite(row["loss"]):
                     raise NonFiniteLoss(
-                        f"loss is {value} at step {step}; try a lower optim.lr, optim.grad_clip, or "
-                        "train.amp=bf16 instead of fp16. The last checkpoint before it is kept."
+                        f"loss is {row['loss']} at step {ctx.step}; try a lower optim.lr, optim.grad_clip, "
+                        "or train.amp=bf16 instead of fp16. The last checkpoint before it is kept."
                     )
                 if on_log:
-                    on_log({"step": step, "loss": value, "lr": optimizer.param_groups[-1]["lr"],
-                            **{f"loss_{k}": v.item() for k, v in parts.items()}})  # fmt: skip
+                    on_log(row)
         bar.update(1)
         if progress and i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
     seconds = time.perf_counter() - start
     mean_loss = torch.stack(losses).float().mean().item() if losses else float("nan")
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(
-            f"mean training loss is {mean_loss} in the epoch ending at step {step}; try a "
+            f"mean training loss is {mean_loss} in the epoch ending at step {ctx.step}; try a "
             "lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16."
         )
-    # the loss of the global batch, as one process would report it: ranks' losses scaled as in backward
-    images_all, wait_sum, loss_sum = all_reduce_sum([images, wait / seconds, mean_loss * report_scale],
-                                                    world_size)  # fmt: skip
-    stats = EpochStats(loss_sum / world_size, int(images_all), seconds, wait_sum / world_size, len(losses))
-    return stats, step
+    images_all, wait_sum, loss_sum = all_reduce_sum([images, wait / seconds, mean_loss], ctx.world_size)
+    world = ctx.world_size
+    return EpochStats(loss_sum / world, int(images_all), seconds, wait_sum / world, len(losses))
+
+
+def _step_row(loss: torch.Tensor, terms: dict[str, Term], ctx: StepContext, lr: float) -> dict:
+    """The metrics row of a logged step: the loss and each term in global-batch units, averaged over
+    ranks (one sync per log interval, not per step; every rank joins)."""
+    names = list(terms)
+    local = [loss.item()] + [terms[n].report_scale(ctx.world_size) * terms[n].value.item() for n in names]
+    values = [v / ctx.world_size for v in all_reduce_sum(local, ctx.world_size)]
+    return {"step": ctx.step, "loss": values[0], "lr": lr,
+            **{f"loss_{n}": v for n, v in zip(names, values[1:], strict=True)}}  # fmt: skip
 
 
 @torch.no_grad()
 def collect_predictions(model: nn.Module, loader, *, device: torch.device, amp: str, progress: bool = False,
                         return_attention: bool = False) -> dict:  # fmt: skip
-    """This rank's sample keys with their sigmoid scores, targets and ignore mask (numpy)."""
+    """This rank's sample keys with their sigmoid scores, targets and ignore mask (numpy). `model` is a
+    recipe's trainable module (raw or EMA): its `predict` gives the logits."""
     model.eval()
     keys, scores, targets, ignore, attention = [], [], [], [], []
     for batch in tqdm(loader, disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0):
         with autocast(device, amp):
-            out = model(batch.images, return_attention=return_attention)
+            out = model.predict(batch.images, return_attention=return_attention)
         keys += batch.keys
         scores.append(torch.sigmoid(out["logits"].float()).cpu().numpy())
         targets.append(batch.targets.cpu().numpy().astype(np.uint8))
@@ -151,6 +172,7 @@ def collect_predictions(model: nn.Module, loader, *, device: torch.device, amp: 
             ignore.append(batch.ignore.cpu().numpy())
         if return_attention and "attention" in out:
             attention.append(out["attention"].float().cpu().numpy())
+            grid = out["grid"]
     num_classes = loader.info.num_classes
     result = {
         "keys": keys,
@@ -159,13 +181,14 @@ def collect_predictions(model: nn.Module, loader, *, device: torch.device, amp: 
         "ignore": np.concatenate(ignore) if ignore else None,
     }
     if attention:
-        result["attention"] = np.concatenate(attention)
+        result["attention"] = np.concatenate(attention)  # [N, C, H * W]
+        result["grid"] = grid  # (H, W) of the attention's tokens
     return result
 
 
 def gather_predictions(local: dict, world_size: int) -> dict:
     """Every rank's predictions, matched by key and sorted by key; no sample counted twice."""
-    parts = all_gather_objects({k: v for k, v in local.items() if k != "attention"}, world_size)
+    parts = all_gather_objects({k: v for k, v in local.items() if k not in ("attention", "grid")}, world_size)
     keys = [k for p in parts for k in p["keys"]]
     scores = np.concatenate([p["scores"] for p in parts])
     targets = np.concatenate([p["targets"] for p in parts])

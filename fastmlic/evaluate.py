@@ -11,39 +11,12 @@ import json
 import sys
 import time
 
-import torch
-
 from .cli import exit_on_user_error
-from .config import load_config
 from .data import build_loader, split_json
 from .distributed import cleanup, init_distributed
 from .engine import collect_predictions, gather_predictions
 from .metrics import multilabel_metrics
-from .models import build_model
-from .run import load_checkpoint
-
-
-def config_from_checkpoint(ckpt: dict, overrides: list[str]):
-    """The checkpoint's resolved config, with command-line overrides (e.g. --data.shards)."""
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:  # load_config reads recipes from files
-        yaml.safe_dump(ckpt["config"], f)
-        f.flush()
-        return load_config(f.name, overrides)
-
-
-def load_model(ckpt_path: str, overrides: list[str], device: torch.device):
-    ckpt = load_checkpoint(ckpt_path)
-    if "classes" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{ckpt_path}: not a fastmlic checkpoint (no classes/config)")
-    cfg = config_from_checkpoint(ckpt, overrides)
-    model = build_model(cfg.model, len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=memory_format).eval(), cfg, ckpt
+from .trainer import load_for_inference
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,28 +27,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args, overrides = p.parse_known_args(argv)
     dist = init_distributed("auto")
-    model, cfg, ckpt = load_model(args.ckpt, overrides, dist.device)
+    model = load_for_inference(args.ckpt, overrides, dist.device)
+    cfg = model.cfg
     split = args.split or cfg.data.val_split
+    # the checkpoint's classes, by name: a run over a class subset is evaluated on that subset
     loader = build_loader(split_json(cfg.data, split), cfg.data, train=False, rank=dist.rank,
-                          world_size=dist.world_size, device=dist.device)  # fmt: skip
-    if loader.info.classes != ckpt["classes"]:
-        raise ValueError(f"{args.ckpt} was trained on {len(ckpt['classes'])} classes; split {split!r} of "
-                         f"{cfg.data.dataset} has {loader.info.num_classes} with other names")  # fmt: skip
+                          world_size=dist.world_size, device=dist.device, classes=model.classes)  # fmt: skip
     start = time.perf_counter()
-    amp = cfg.train.amp if dist.device.type == "cuda" else ("bf16" if cfg.train.amp != "off" else "off")
-    local = collect_predictions(model, loader, device=dist.device, amp=amp, progress=dist.is_main)
+    local = collect_predictions(model.module, loader, device=dist.device, amp=model.amp,
+                                progress=dist.is_main)  # fmt: skip
     preds = gather_predictions(local, dist.world_size)
     seconds = time.perf_counter() - start
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     m = multilabel_metrics(
         preds["scores"], preds["targets"], preds["ignore"], threshold, cfg.train.map_flavour
     )
-    m.update(num_samples=len(preds["keys"]), split=split, weights=ckpt.get("source", "raw"))
+    m.update(num_samples=len(preds["keys"]), split=split, weights=model.checkpoint.source)
     if dist.is_main:
         if args.json:
             print(json.dumps(m))
         else:
-            print(report(m, ckpt["classes"], cfg.train.map_flavour, threshold, seconds))
+            print(report(m, model.classes, cfg.train.map_flavour, threshold, seconds))
     cleanup()
     return m
 

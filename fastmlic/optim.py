@@ -12,11 +12,13 @@ from .config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """`model` (a recipe's trainable module or an MLIC model) says which parameters are the backbone's."""
+    backbone = {id(p) for p in model.backbone_parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        in_backbone = name.startswith("backbone.")
+        in_backbone = id(p) in backbone
         decay = p.ndim > 1 and not name.endswith(".bias")  # 1-D: biases, norm scales, per-label biases
         groups.setdefault((in_backbone, decay), []).append(p)
     return [

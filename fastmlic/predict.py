@@ -15,7 +15,8 @@ from PIL import Image
 
 from .cli import exit_on_user_error
 from .data.batch import normalize_uint8
-from .evaluate import load_model
+from .engine import autocast
+from .trainer import load_for_inference
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(args.ckpt, [], device)
-    classes, size = ckpt["classes"], cfg.data.image_size
+    model = load_for_inference(args.ckpt, [], device)
+    cfg, classes = model.cfg, model.classes
+    size = cfg.data.image_size
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     results = []
     for start in range(0, len(args.images), args.batch_size):
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not pixels:
             continue
         images = normalize_uint8(torch.stack(pixels).to(device), cfg.data.mean, cfg.data.std, torch.float32)
-        with torch.no_grad():
-            scores = torch.sigmoid(model(images)["logits"].float()).cpu().numpy()
+        with torch.no_grad(), autocast(device, model.amp):
+            scores = torch.sigmoid(model.module.predict(images)["logits"].float()).cpu().numpy()
         for path, row in zip(paths, scores, strict=True):
             order = np.argsort(-row)
             chosen = order[: args.top_k] if args.top_k else [c for c in order if row[c] >= threshold]

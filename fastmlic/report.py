@@ -24,9 +24,9 @@ from .cli import exit_on_user_error
 from .data import build_loader, split_json
 from .data.index import ShardIndex
 from .engine import collect_predictions
-from .evaluate import load_model
 from .metrics import multilabel_metrics
 from .shards.format import SplitInfo
+from .trainer import load_for_inference
 
 GRID_IMAGES = 12
 TOP_LABELS = 3
@@ -169,7 +169,7 @@ def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: flo
         ax.set_title("true: " + ", ".join(classes[c] for c in np.flatnonzero(truth)), fontsize=7)
         ax.set_xlabel("pred: " + (", ".join(predicted) or "-"), fontsize=7)
         for col, c in enumerate(top, start=1) if attention is not None else []:
-            grid = attention_grid(attention[row, c])
+            grid = attention_grid(attention[row, c], preds["grid"])
             axes_row[col].axis("on")
             axes_row[col].imshow(pixels)
             axes_row[col].imshow(grid, cmap="jet", alpha=0.45, interpolation="bilinear",
@@ -184,12 +184,9 @@ def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: flo
     return _save(fig, out / "predictions.png", top=1 - 0.5 / fig.get_figheight())
 
 
-def attention_grid(weights: np.ndarray) -> np.ndarray:
-    """Attention over N tokens as the square feature grid it came from."""
-    side = int(round(len(weights) ** 0.5))
-    if side * side != len(weights):
-        return weights[None, :]
-    return weights.reshape(side, side)
+def attention_grid(weights: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Attention over the H * W tokens as the feature grid (H, W) they came from."""
+    return weights.reshape(grid)
 
 
 def confusions(preds: dict, classes: list[str], ap: np.ndarray, threshold: float) -> list[dict]:
@@ -228,16 +225,20 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
     if not epochs:
         raise ValueError(f"{run}: no finished epoch in metrics.jsonl yet")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(str(run / "best.pt"), [], device)
+    model = load_for_inference(run / "best.pt", [], device)
+    cfg, ckpt, classes = model.cfg, model.checkpoint, model.classes
     split = split or cfg.data.val_split
     path = split_json(cfg.data, split)
-    loader = build_loader(path, cfg.data, train=False, device=device)
-    preds = collect_predictions(model, loader, device=device, amp="off", return_attention=True)
+    loader = build_loader(path, cfg.data, train=False, device=device, classes=classes)
+    preds = collect_predictions(model.module, loader, device=device, amp=model.amp, return_attention=True)
     metrics = multilabel_metrics(preds["scores"], preds["targets"], preds["ignore"], cfg.train.threshold,
                                  cfg.train.map_flavour)  # fmt: skip
-    classes, ap = ckpt["classes"], np.asarray(metrics["ap"], dtype=float)
+    ap = np.asarray(metrics["ap"], dtype=float)
     positives = (preds["targets"] > 0).sum(0)
-    train_info = SplitInfo.load(split_json(cfg.data, cfg.data.train_split))
+    train_path = split_json(cfg.data, cfg.data.train_split)
+    train_info = SplitInfo.load(train_path)
+    if train_info.classes != classes:  # a run over a class subset: its classes' co-occurrence
+        train_info = train_info.subset(classes, str(train_path))[0]
     figures = {
         "Training loss and learning rate": plot_training(steps, out) if steps else None,
         "Validation mAP, raw and EMA": plot_map(epochs, out),
@@ -245,13 +246,12 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
         "Per-class AP": plot_class_ap(ap, classes, positives, out),
         "Label co-occurrence (training split)": plot_cooccurrence(train_info, out),
         "Predictions": plot_grid(
-            preds, ShardIndex(loader.info, path.parent), classes, cfg.train.threshold, out
+            preds, ShardIndex(loader.shard_info, path.parent), classes, cfg.train.threshold, out
         ),
     }
     (out / "per_class_ap.json").write_text(json.dumps(dict(zip(classes, metrics["ap"], strict=True))))
     headline = {
-        "best mAP": f"{ckpt['metrics']['mAP']:.4f} ({ckpt.get('source', 'raw')} weights, "
-        f"epoch {ckpt.get('epoch')})",
+        "best mAP": f"{ckpt.metrics['mAP']:.4f} ({ckpt.source} weights, epoch {ckpt.state.best_epoch})",
         f"mAP on {split} (this report)": f"{metrics['mAP']:.4f} ({cfg.train.map_flavour})",
         "mAP VOC2012 / non-interpolated": f"{metrics['mAP_voc2012']:.4f} / "
         f"{metrics['mAP_non_interpolated']:.4f}",

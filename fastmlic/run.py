@@ -95,13 +95,3 @@ class RunDir:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which
-        raise ValueError(f"{path}: not a readable fastmlic checkpoint ({e})") from None

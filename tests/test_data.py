@@ -231,3 +231,65 @@ def test_cutout_fills_one_clipped_square_per_image_with_one_colour():
         colour = img[:, mask]
         assert (colour == colour[:, :1]).all()  # one colour
         assert ((colour >= -1) & (colour <= 1)).all()  # a pixel colour, normalised like the image
+
+
+@pytest.mark.parametrize("resize", ["squash", "random_resized_crop"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_are_augmented_independently_and_share_keys_and_targets(tmp_path, rng, backend, resize):
+    truth = make_split(tmp_path, rng, n=16)
+    cfg = cfg_for(backend, resize=resize, cutout=0.0)  # RandAugment, flips and crops alone must differ
+    loader = build_loader(tmp_path / "val.json", cfg, train=True, views=3)
+    batches = epoch(loader)
+    assert sorted(k for b in batches for k in b.keys) == sorted(truth)
+    for b in batches:
+        assert len(b.views) == 3 and b.images is b.views[0]
+        for view in b.views:
+            assert view.shape == (len(b), 3, 32, 32) and view.is_contiguous(memory_format=torch.channels_last)
+        for key, t in zip(b.keys, b.targets, strict=True):  # one target row per image, for every view
+            np.testing.assert_array_equal(t.numpy(), truth[key][0])
+        for i in range(len(b)):  # every view of every image drew its own augmentation
+            pairs = [(0, 1), (0, 2), (1, 2)]
+            differ = [not torch.allclose(b.views[p][i], b.views[q][i], atol=1e-3) for p, q in pairs]
+            assert all(differ), b.keys[i]
+    with pytest.raises(ValueError, match="evaluation takes 1"):
+        build_loader(tmp_path / "val.json", cfg, train=False, views=2)
+
+
+def test_torch_view_zero_is_the_image_a_one_view_loader_gives(tmp_path, rng):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    cfg = cfg_for("torch", cutout=0.5)  # Cutout draws for view 0 first: the same squares as one view
+    one, two = (build_loader(tmp_path / "val.json", cfg, train=True, views=v) for v in (1, 2))
+    for a, b in zip(epoch(one, 3), epoch(two, 3), strict=True):
+        assert a.keys == b.keys
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_class_subset_restricts_targets_ignore_and_the_description(tmp_path, rng, backend):
+    truth = make_split(tmp_path, rng)
+    loader = build_loader(tmp_path / "val.json", cfg_for(backend), train=False, classes=["c4", "c1"])
+    assert loader.info.classes == ["c4", "c1"] and loader.info.num_classes == 2
+    assert loader.shard_info.num_classes == C
+    seen = 0
+    for b in epoch(loader):
+        assert b.targets.shape == b.ignore.shape == (len(b), 2)
+        for key, t, ign in zip(b.keys, b.targets, b.ignore, strict=True):
+            np.testing.assert_array_equal(t.numpy(), truth[key][0][[4, 1]])
+            np.testing.assert_array_equal(ign.numpy(), truth[key][1][[4, 1]].astype(bool))
+            seen += 1
+    assert seen == len(truth)  # a subset keeps every image, also those with none of its classes
+    with pytest.raises(ValueError, match=r"val.json: class subset names 1 classes .*'cc3' \(did you mean"):
+        build_loader(tmp_path / "val.json", cfg_for(backend), train=False, classes=["c1", "cc3"])
+
+
+def test_split_description_of_a_class_subset():
+    info = SplitInfo(dataset="t", split="train", classes=["a", "b", "c"], num_samples=10, shards=[],
+                     has_ignore=True, positives=[5, 3, 4], ignored=[1, 0, 2],
+                     cooccurrence=[[5, 2, 1], [2, 3, 0], [1, 0, 4]],
+                     labels_per_image={"mean": 1.2})  # fmt: skip
+    sub, columns = info.subset(["c", "a"], "train.json")
+    assert columns == [2, 0] and sub.classes == ["c", "a"]
+    assert sub.positives == [4, 5] and sub.ignored == [2, 1]
+    assert sub.cooccurrence == [[4, 1], [1, 5]]
+    assert sub.labels_per_image == {"mean": 0.9} and sub.source["class_subset"] == "2 of 3 classes"
+    assert info.classes == ["a", "b", "c"]  # the full description is untouched

@@ -113,5 +113,7 @@ def test_digits_partner_pairs_cooccur_more_than_others():
 
 
 def test_registry_rejects_unknown_dataset():
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match=r"--data='imagenet' is not a known dataset; known: digits, mscoco"):
         get_reader("imagenet")
+    with pytest.raises(ValueError, match=r"did you mean 'voc2007'"):
+        get_reader("voc2070")

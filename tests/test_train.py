@@ -15,8 +15,10 @@ import torch
 from conftest import ROOT
 
 from fastmlic import evaluate, predict, train
+from fastmlic.checkpoint import Checkpoint
 from fastmlic.engine import NonFiniteLoss
-from fastmlic.methods import METHODS, Standard
+from fastmlic.recipes import RECIPES
+from fastmlic.recipes.standard import Standard
 
 TINY = [
     "--data.image_size=32",
@@ -114,7 +116,7 @@ def test_missing_split_and_foreign_checkpoint_stop_at_start(shards, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nosuch.json"):
         run_train(shards, tmp_path, "m", "--data.val_split=nosuch")
     ckpt = tmp_path / "other.pt"
-    torch.save({"classes": [f"x{i}" for i in range(5)], "model": {}}, ckpt)
+    torch.save(Checkpoint("best", [f"x{i}" for i in range(5)], {}, {}).to_dict(), ckpt)
     with pytest.raises(ValueError, match=r"init_from .*5 classes, the shards have 10"):
         run_train(shards, tmp_path, "i", f"--train.init_from={ckpt}")
 
@@ -125,14 +127,16 @@ def test_a_nan_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_check
     class Explodes(Standard):
         calls = 0
 
-        def training_step(self, model, batch):
-            loss, parts = super().training_step(model, batch)
+        def training_step(self, net, batch, ctx):
+            terms = super().training_step(net, batch, ctx)
             Explodes.calls += 1
-            return (loss * float("nan") if Explodes.calls > 9 else loss), parts
+            if Explodes.calls > 9:
+                terms["cls"].value = terms["cls"].value * float("nan")
+            return terms
 
-    monkeypatch.setitem(METHODS, "explodes", Explodes)
+    monkeypatch.setitem(RECIPES, "explodes", Explodes)
     with pytest.raises(NonFiniteLoss, match=r"at step 10.*optim.lr.*bf16"):
-        run_train(shards, tmp_path, "n", "--train.method=explodes")
+        run_train(shards, tmp_path, "n", "--recipe.name=explodes")
     last = torch.load(tmp_path / "n" / "last.pt", weights_only=False)
     assert last["state"]["epoch"] == 1  # the epoch that finished before the NaN
 
@@ -201,3 +205,42 @@ def test_early_stopping_by_patience(shards, tmp_path, monkeypatch):
     run_train(shards, tmp_path, "p", "--train.epochs=5", "--train.patience=2", "--ema.enabled=false")
     assert len(epochs(tmp_path / "p")) == 3
     assert "early stop" in (tmp_path / "p" / "log.txt").read_text()
+
+
+GOLDEN = json.loads((ROOT / "tests" / "golden" / "standard_digits_losses.json").read_text())
+
+
+@pytest.mark.parametrize("head", list(GOLDEN["runs"]))
+def test_the_standard_recipe_keeps_the_losses_recorded_before_recipes_existed(shards, tmp_path, head):
+    golden = GOLDEN["runs"][head]
+    assert GOLDEN["shards"] == {"train": 256, "val": 96, "size": 32}  # what the `shards` fixture makes
+    run_train(shards, tmp_path, "g", "--train.log_every=1", *golden["args"])
+    rows = [json.loads(line) for line in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    # bit-identical on the machine that recorded them; the tolerance only admits another CPU's kernels
+    assert losses == pytest.approx(golden["losses"], rel=1e-4)
+    assert [r["raw_mAP"] for r in rows if r["kind"] == "epoch"] == pytest.approx(golden["raw_mAP"], abs=1e-3)
+
+
+def test_a_class_subset_run_evaluates_on_its_classes_and_seeds_a_full_run_by_class_name(shards, tmp_path):
+    subset = ["7", "2", "5"]
+    run_train(shards, tmp_path, "sub", "--data.classes=[7, 2, 5]", "--train.epochs=1")
+    best = torch.load(tmp_path / "sub" / "best.pt", weights_only=False)
+    assert best["classes"] == subset and best["metrics"]["num_samples"] == 96
+    assert len(best["metrics"]["ap"]) == 3  # validation, metrics and best.pt see the same classes
+    metrics = evaluate.main(["--ckpt", str(tmp_path / "sub" / "best.pt"), f"--data.shards={shards}"])
+    assert metrics["mAP"] == pytest.approx(best["metrics"]["mAP"], abs=1e-6)
+
+    sub_best = tmp_path / "sub" / "best.pt"
+    # lr 0: the weights stay as loaded, so the mapping can be read off last.pt
+    run_train(shards, tmp_path, "full", f"--train.init_from={sub_best}", "--train.epochs=1", "--optim.lr=0")
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    digits = [str(d) for d in range(10)]
+    assert full["classes"] == digits
+    for name in ("model.head.fc.weight", "model.head.fc.bias"):
+        for row, cls in enumerate(subset):
+            torch.testing.assert_close(full["model"][name][digits.index(cls)], best["model"][name][row])
+    backbone = "model.backbone.model.conv1.weight"
+    torch.testing.assert_close(full["model"][backbone], best["model"][backbone])
+    log = (tmp_path / "full" / "log.txt").read_text()
+    assert "7 classes only here (0, 1, 3, 4, 6, 8, 9); those keep their initialisation" in log

@@ -1,8 +1,9 @@
 """Batches from shards: `build_loader(split_json, cfg.data, train=..., rank=..., world_size=...)`.
 
-Both backends yield `Batch` (images [B, 3, H, W] float in channels-last memory, float multi-hot
-targets, the ignore mask where the split has one, sample keys), know their length and take
-`set_epoch`. This package imports no model, loss or kernel code.
+Both backends yield `Batch` (V views of the images, each [B, 3, H, W] float in channels-last memory;
+float multi-hot targets, the ignore mask where the split has one, sample keys), know their length and
+take `set_epoch`. A class subset restricts targets, ignore mask and `loader.info` (classes, positives,
+co-occurrence) to the named classes. This package imports no model, loss or kernel code.
 """
 
 from __future__ import annotations
@@ -51,10 +52,17 @@ def build_loader(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    views: int = 1,
+    classes: list[str] | None = None,
 ) -> DaliLoader | TorchLoader:
-    """The loader for one split on one rank. Missing or unreadable shards fail here, with their path."""
+    """The loader for one split on one rank: `views` augmented views of each image (training), and
+    only `classes` (names; None: all) in targets, ignore mask and `loader.info`. Missing or unreadable
+    shards and unknown class names fail here, with their path."""
     path = Path(split_json)
     info = SplitInfo.load(path)
+    if views < 1 or (views > 1 and not train):
+        raise ValueError(f"views={views}: a training loader takes 1 or more views, evaluation takes 1")
+    subset = info.subset(classes, str(path)) if classes is not None and classes != info.classes else None
     for tar in info.shard_paths(path.parent):
         try:
             with open(tar, "rb") as f:
@@ -72,4 +80,6 @@ def build_loader(
         world_size=world_size,
         device=torch.device(device),
         seed=seed,
+        views=views,
+        subset=subset,
     )

@@ -15,10 +15,15 @@ IMAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, 3, H, W] float, channels-last memory (NHWC)
-    targets: torch.Tensor  # [B, C] float multi-hot
+    views: list[torch.Tensor]  # V views of the same images, each [B, 3, H, W] float, channels-last memory
+    targets: torch.Tensor  # [B, C] float multi-hot (the same for every view)
     ignore: torch.Tensor | None  # [B, C] bool, True = leave this class out of the metrics; None if none
     keys: list[str]  # sample keys, so predictions from every rank can be matched to their labels
+
+    @property
+    def images(self) -> torch.Tensor:
+        """View 0: the only view unless a recipe asked for more."""
+        return self.views[0]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -65,31 +70,47 @@ def cutout_(
 
 class LoaderBase:
     """What both backends share: epoch bookkeeping and the last per-batch step on the device
-    (cast, Cutout, targets to float), so the two yield identical `Batch`es."""
+    (cast, Cutout, targets to float, the class subset's columns), so the two yield identical `Batch`es.
+
+    `views` augmented views of each image come from one decode. `subset` (the restricted description
+    and its classes' columns in the labels, from `SplitInfo.subset`) limits the classes: `info` then
+    describes the subset, `shard_info` what the shards hold."""
 
     backend = ""
 
-    def __init__(self, info, cfg, *, train: bool, rank: int, device: torch.device, seed: int):
-        self.info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
+    def __init__(self, info, cfg, *, train: bool, rank: int, device: torch.device, seed: int, views: int = 1,
+                 subset: tuple | None = None):  # fmt: skip
+        self.shard_info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
+        self.info, columns = subset if subset is not None else (info, None)
+        self.columns = torch.tensor(columns) if columns is not None else None
         self.dtype = IMAGE_DTYPES[cfg.dtype]
+        self.views = views
         self.cutout_seed = seed * 1_000_003 + rank
-        self.cutout_rng = torch.Generator(self.device).manual_seed(self.cutout_seed)
+        # one generator per view, so view 0 draws what a one-view loader draws
+        self.cutout_rngs = [torch.Generator(self.device).manual_seed(self.cutout_seed) for _ in range(views)]
         self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.cutout_rng.manual_seed(self.cutout_seed * 10_007 + epoch)  # Cutout follows the epoch
+        for view, rng in enumerate(self.cutout_rngs):  # Cutout follows the epoch
+            rng.manual_seed(self.cutout_seed * 10_007 + epoch + view * 1_000_000_007)
 
-    def _finish(self, images, targets, ignore, keys: list[str]) -> Batch:
-        if images.device != self.device:
-            images = images.to(self.device, non_blocking=True)
-        if images.dtype != self.dtype:
-            images = images.to(self.dtype)
-        if self.train and self.cfg.cutout > 0:
-            cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, self.cutout_rng)
+    def _finish(self, views: list[torch.Tensor], targets, ignore, keys: list[str]) -> Batch:
+        finished = []
+        for images, rng in zip(views, self.cutout_rngs, strict=True):
+            if images.device != self.device:
+                images = images.to(self.device, non_blocking=True)
+            if images.dtype != self.dtype:
+                images = images.to(self.dtype)
+            if self.train and self.cfg.cutout > 0:
+                cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, rng)
+            finished.append(images)
+        if self.columns is not None:
+            targets = targets[:, self.columns]
+            ignore = ignore[:, self.columns] if ignore is not None else None
         return Batch(
-            images=images,
+            views=finished,
             targets=targets.to(self.device, non_blocking=True).float(),
             ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
             keys=keys,

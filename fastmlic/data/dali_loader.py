@@ -8,6 +8,10 @@ reader (index files, this rank's part, shuffle buffer in training)
     is channels-last without a copy. Cutout runs on the batch afterwards (`batch.cutout_`), the
     same code as the PyTorch backend.
 
+With V views (a recipe's data request) the image is decoded once and the graph branches after the
+decode into V chains of the random ops (crop, RandAugment, flip), each drawing its own randomness; a
+random crop then runs as its own op on the decoded image instead of inside the decoder.
+
 DALI cannot skip an undecodable image: the pipeline stops. Shards from make_shards only hold images
 that decoded; for others, the error is turned into one that names the bad members and the command
 that repairs them.
@@ -38,7 +42,8 @@ def dali_available() -> bool:
     return True
 
 
-def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int, world_size: int, gpu: bool):
+def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int, world_size: int, gpu: bool,
+           views: int):  # fmt: skip
     from nvidia.dali import fn, types
     from nvidia.dali.auto_aug import rand_augment
 
@@ -61,32 +66,32 @@ def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int,
     source = fn.pad(fn.get_property(jpegs, key="source_info"))
     decode = "mixed" if gpu else "cpu"
     size = cfg.image_size
-    if train and cfg.resize == "random_resized_crop":
-        images = fn.decoders.image_random_crop(
-            jpegs,
-            device=decode,
-            output_type=types.RGB,
-            random_area=list(cfg.crop_scale),
-            random_aspect_ratio=[3 / 4, 4 / 3],
-            num_attempts=10,
-        )
+    crop = dict(random_area=list(cfg.crop_scale), random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10)
+    random_crop = train and cfg.resize == "random_resized_crop"
+    crop_per_view = random_crop and views > 1  # else one crop (fused with decode) or none at all
+    if random_crop and not crop_per_view:  # the decoder skips the pixels the crop throws away
+        decoded = fn.decoders.image_random_crop(jpegs, device=decode, output_type=types.RGB, **crop)
     else:
-        images = fn.decoders.image(jpegs, device=decode, output_type=types.RGB)
-    images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)  # squash, as the field does
-    if train and cfg.randaugment_n > 0:
-        images = rand_augment.rand_augment(
-            images, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31, shape=[size, size]
-        )
-    mirror = fn.random.coin_flip(probability=0.5) if train and cfg.hflip else 0
-    images = fn.crop_mirror_normalize(
-        images,
-        dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
-        output_layout="HWC",
-        mean=[m * 255 for m in cfg.mean],
-        std=[s * 255 for s in cfg.std],
-        mirror=mirror,
-    )
-    return (images, source, *outputs[1:])
+        decoded = fn.decoders.image(jpegs, device=decode, output_type=types.RGB)
+    if not crop_per_view:  # squash (as the field does) or the fused crop: one resize serves every view
+        resized = fn.resize(decoded, resize_x=size, resize_y=size, antialias=True)
+    images = []
+    for _ in range(views):  # one decode, `views` independently drawn augmentation branches
+        view = fn.random_resized_crop(decoded, size=[size, size], **crop) if crop_per_view else resized
+        if train and cfg.randaugment_n > 0:
+            view = rand_augment.rand_augment(
+                view, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31, shape=[size, size]
+            )
+        mirror = fn.random.coin_flip(probability=0.5) if train and cfg.hflip else 0
+        images.append(fn.crop_mirror_normalize(
+            view,
+            dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+            output_layout="HWC",
+            mean=[m * 255 for m in cfg.mean],
+            std=[s * 255 for s in cfg.std],
+            mirror=mirror,
+        ))  # fmt: skip
+    return (*images, source, *outputs[1:])
 
 
 @contextlib.contextmanager
@@ -121,11 +126,14 @@ class DaliLoader(LoaderBase):
         world_size: int,
         device: torch.device,
         seed: int,
+        views: int = 1,
+        subset: tuple | None = None,
     ):
         from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed)
+        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed, views=views,
+                         subset=subset)  # fmt: skip
         self.root, self.rank, self.world_size = Path(root), rank, world_size  # DALI reshuffles per epoch
         gpu = self.device.type == "cuda"
         device_id = (
@@ -143,13 +151,15 @@ class DaliLoader(LoaderBase):
                 rank,
                 world_size,
                 gpu,
+                views,
                 batch_size=cfg.batch_size,
                 num_threads=max(1, cfg.workers),
                 device_id=device_id,
                 seed=seed * 1_000_003 + rank,
             )
             self.pipe.build()
-            names = ["images", "source", "targets"] + (["ignore"] if info.has_ignore else [])
+            self.view_names = [f"view{v}" for v in range(views)]
+            names = [*self.view_names, "source", "targets"] + (["ignore"] if info.has_ignore else [])
             self.iterator = DALIGenericIterator(
                 [self.pipe],
                 names,
@@ -172,16 +182,16 @@ class DaliLoader(LoaderBase):
             except RuntimeError as e:
                 raise self._explain(e) from None
             keys = [_key(row) for row in out["source"].cpu().numpy()]
-            yield self._finish(nhwc_to_channels_last(out["images"]), out["targets"], out.get("ignore"), keys)
+            views = [nhwc_to_channels_last(out[name]) for name in self.view_names]
+            yield self._finish(views, out["targets"], out.get("ignore"), keys)
 
     def _explain(self, error: RuntimeError) -> DataError:
         first = next((ln for ln in str(error).splitlines() if "rror" in ln), str(error).splitlines()[0])
-        lines = [f"DALI stopped reading split {self.info.split!r} ({self.root}): {first.strip()}"]
-        total = sum(s.bytes for s in self.info.shards)
+        shards = self.shard_info
+        lines = [f"DALI stopped reading split {shards.split!r} ({self.root}): {first.strip()}"]
+        total = sum(s.bytes for s in shards.shards)
         if total <= SCAN_LIMIT_BYTES:
-            bad = [
-                b for p in self.info.shard_paths(self.root) for b in check_shard(p, self.info.num_classes)[0]
-            ]
+            bad = [b for p in shards.shard_paths(self.root) for b in check_shard(p, shards.num_classes)[0]]
             lines += [f"  {b.shard}: {b.member} ({b.reason})" for b in bad[:10]]
             if len(bad) > 10:
                 lines.append(f"  ... and {len(bad) - 10} more")

@@ -84,10 +84,11 @@ def image_transform(cfg: DataConfig, train: bool) -> v2.Compose:
 
 
 class ShardDataset(Dataset):
-    """Index (sample, epoch) -> (HWC uint8 image or None, labels, ignore, key, skipped members)."""
+    """Index (sample, epoch) -> ([HWC uint8 image per view] or None, labels, ignore, key, skipped
+    members). The image is decoded once and augmented `views` times, each view with its own seed."""
 
-    def __init__(self, index: ShardIndex, cfg: DataConfig, train: bool, seed: int):
-        self.index, self.train, self.seed = index, train, seed
+    def __init__(self, index: ShardIndex, cfg: DataConfig, train: bool, seed: int, views: int = 1):
+        self.index, self.train, self.seed, self.views = index, train, seed, views
         self.transform = image_transform(cfg, train)
         # a whole-image resize can decode at reduced size; a random crop wants the full resolution
         squash = not train or cfg.resize == "squash"
@@ -140,19 +141,24 @@ class ShardDataset(Dataset):
                 f"{MAX_REDRAWS} undecodable images in a row ({skipped[-1][0]}); "
                 "check the shards with: python tools/make_shards.py --verify DIR"
             )
-        with _sample_rng(self.seed, epoch, i):
-            image = self.transform(image)
+        views = []
+        for view in range(self.views):
+            with _sample_rng(self.seed, epoch, i, view):
+                views.append(self.transform(image).permute(1, 2, 0))
         labels = self._labels(i, LABEL_EXT)
         ignore = self._labels(i, IGNORE_EXT) if self.index.info.has_ignore else None
-        return image.permute(1, 2, 0), labels, ignore, self.index.refs[i].key, skipped
+        return views, labels, ignore, self.index.refs[i].key, skipped
 
 
 class _sample_rng:
-    """Seed torch's global generator per sample (the v2 transforms draw from it); in the main
-    process (workers=0) the previous state is restored so model-side randomness is untouched."""
+    """Seed torch's global generator per sample and view (the v2 transforms draw from it); in the main
+    process (workers=0) the previous state is restored so model-side randomness is untouched. View 0
+    keeps the seed a one-view loader uses, so asking for more views leaves the first one unchanged."""
 
-    def __init__(self, seed: int, epoch: int, index: int):
-        self.value = (seed * 1_000_003 + epoch) * 100_000_007 + index
+    VIEW_STRIDE = 0x9E3779B97F4A7C15  # a large odd constant: views' seeds land far apart
+
+    def __init__(self, seed: int, epoch: int, index: int, view: int = 0):
+        self.value = (seed * 1_000_003 + epoch) * 100_000_007 + index + view * self.VIEW_STRIDE
         self.in_main = torch.utils.data.get_worker_info() is None
 
     def __enter__(self):
@@ -169,9 +175,9 @@ def collate(samples: list) -> dict:
     skipped = [s for sample in samples for s in sample[4]]
     good = [s for s in samples if s[0] is not None]
     if not good:
-        return {"images": None, "targets": None, "ignore": None, "keys": [], "skipped": skipped}
+        return {"views": None, "targets": None, "ignore": None, "keys": [], "skipped": skipped}
     return {
-        "images": torch.stack([s[0] for s in good]),
+        "views": [torch.stack([s[0][v] for s in good]) for v in range(len(good[0][0]))],
         "targets": torch.from_numpy(np.stack([s[1] for s in good])),
         "ignore": torch.from_numpy(np.stack([s[2] for s in good])) if good[0][2] is not None else None,
         "keys": [s[3] for s in good],
@@ -195,15 +201,18 @@ class TorchLoader(LoaderBase):
         world_size: int,
         device: torch.device,
         seed: int,
+        views: int = 1,
+        subset: tuple | None = None,
     ):
-        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed)
+        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed, views=views,
+                         subset=subset)  # fmt: skip
         index = ShardIndex(info, root)
         if train:
             self.sampler = TrainSampler(len(index), rank, world_size, seed)
         else:
             self.sampler = EvalSampler(len(index), rank, world_size)
         self.loader = DataLoader(
-            ShardDataset(index, cfg, train, seed),
+            ShardDataset(index, cfg, train, seed, views),
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             num_workers=cfg.workers,
@@ -225,10 +234,12 @@ class TorchLoader(LoaderBase):
             self._note_skipped(raw["skipped"])
             if not raw["keys"]:
                 continue  # evaluation only: every image of this batch was undecodable
-            images = normalize_uint8(
-                raw["images"].to(self.device, non_blocking=True), self.cfg.mean, self.cfg.std, self.dtype
-            )
-            yield self._finish(images, raw["targets"], raw["ignore"], raw["keys"])
+            views = [self._normalize(v) for v in raw["views"]]
+            yield self._finish(views, raw["targets"], raw["ignore"], raw["keys"])
+
+    def _normalize(self, nhwc_uint8: torch.Tensor) -> torch.Tensor:
+        on_device = nhwc_uint8.to(self.device, non_blocking=True)
+        return normalize_uint8(on_device, self.cfg.mean, self.cfg.std, self.dtype)
 
     def _note_skipped(self, skipped: list) -> None:
         for shard, key, reason in skipped:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -36,14 +38,15 @@ class AnnotationError(ValueError):
     """A missing or malformed annotation file; the message names the file."""
 
 
-DATASETS = ("voc2007", "mscoco", "nuswide", "vg500", "digits")
+# reader modules, registered by name; each has SPLITS, NEEDS_ROOT and list_split(root, split, **options)
+DATASETS: Registry[str] = Registry("dataset", "--data")
+for _name in ("voc2007", "mscoco", "nuswide", "vg500", "digits"):
+    DATASETS.register(_name)(f"fastmlic.datasets.{_name}")  # a module path: imported when first used
 
 
 def get_reader(name: str) -> ModuleType:
-    """The reader module for `name`: it has SPLITS, NEEDS_ROOT and list_split(root, split, **options)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    return importlib.import_module(f"fastmlic.datasets.{name}")
+    """The reader module registered as `name`."""
+    return importlib.import_module(DATASETS.lookup(name))
 
 
 def require_file(path: Path, what: str) -> Path:

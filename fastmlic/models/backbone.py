@@ -1,7 +1,9 @@
-"""Any timm backbone by name, as feature tokens and a pooled vector, with timm or local weights."""
+"""Any timm backbone by name, as feature tokens on their spatial grid plus a pooled vector, with timm or
+local weights."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -9,10 +11,25 @@ import torch
 from torch import nn
 
 
+@dataclass
+class Features:
+    """The backbone's last feature map, once: tokens [B, N, D] in row-major grid order (CNN positions or
+    ViT/Swin patches, prefix tokens dropped), the grid (H, W) with H * W = N, and the pooled vector
+    [B, D] that timm's own head would classify. Heads that need a map (CAMs, attention pictures) use
+    `as_map()`; the rest use tokens or pooled."""
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    pooled: torch.Tensor
+
+    def as_map(self) -> torch.Tensor:
+        """[B, D, H, W] view of the tokens (channels-last memory: no copy)."""
+        b, _, d = self.tokens.shape
+        return self.tokens.view(b, *self.grid, d).permute(0, 3, 1, 2)
+
+
 class Backbone(nn.Module):
-    """Wraps a timm model without its classifier. `forward` gives the final feature map as tokens
-    [B, N, D] (CNN positions or ViT/Swin patches, prefix tokens dropped) and the pooled vector [B, D]
-    that timm's own head would classify."""
+    """Wraps a timm model without its classifier; `forward` gives its `Features`."""
 
     def __init__(self, name: str, pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
@@ -36,13 +53,18 @@ class Backbone(nn.Module):
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 0)
         self.nhwc_output = getattr(self.model, "output_fmt", "NCHW") == "NHWC"  # Swin and friends
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> Features:
         feats = self.model.forward_features(images)
         pooled = self.model.forward_head(feats, pre_logits=True)
         if feats.ndim == 4:
             # NCHW -> NHWC is a view for channels-last maps, so the tokens cost no copy
             nhwc = feats if self.nhwc_output else feats.permute(0, 2, 3, 1)
-            tokens = nhwc.flatten(1, 2)
-        else:
-            tokens = feats[:, self.num_prefix_tokens :]
-        return tokens, pooled
+            return Features(nhwc.flatten(1, 2), (nhwc.shape[1], nhwc.shape[2]), pooled)
+        return Features(feats[:, self.num_prefix_tokens :], self._patch_grid(images), pooled)
+
+    def _patch_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """A ViT's patch grid for this input size (timm's dynamic_img_size models included)."""
+        embed = self.model.patch_embed
+        if hasattr(embed, "dynamic_feat_size"):
+            return tuple(embed.dynamic_feat_size(images.shape[-2:]))
+        return tuple(embed.grid_size)

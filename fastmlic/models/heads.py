@@ -1,35 +1,50 @@
-"""Classification heads. Each takes the backbone's (tokens, pooled) and returns a dict with
-`logits` [B, C] and, where the head has them, `label_embeddings` [B, C, P] (L2-normalised, for the
-contrastive loss) and `attention` [B, C, N] (per-label attention over the feature tokens)."""
+"""Classification heads, registered by name in HEADS (`model.head`). Each takes the backbone's
+`Features` and returns a dict with `logits` [B, C] and, where the head has them, `label_features`
+[B, C, E] (one vector per label, for recipes that work on labels) and `attention` [B, C, N] (per-label
+attention over the feature grid). A head lists what it returns in `outputs`, so a recipe can check at
+start that the head gives what it needs, and its per-class parameters (first dimension = classes) in
+`per_class`, so checkpoints load by class name."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..registry import Registry
+from .backbone import Features
 
+HEADS: Registry[type[nn.Module]] = Registry("head", "model.head")
+
+
+@HEADS.register("linear")
 class LinearHead(nn.Module):
     """Global pool + FC: the ASL baseline."""
+
+    outputs = ("logits",)
+    per_class = ("fc.weight", "fc.bias")
 
     def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0, **_):
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(num_features, num_classes)
 
-    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor, return_attention: bool = False) -> dict:
-        return {"logits": self.fc(self.drop(pooled))}
+    def forward(self, features: Features, return_attention: bool = False) -> dict:
+        return {"logits": self.fc(self.drop(features.pooled))}
 
 
+@HEADS.register("label_attention")
 class LabelAttentionHead(nn.Module):
-    """Label-level attention as in MulCon: one learnable query per label cross-attends to the feature
-    tokens, giving one embedding per label; a per-label linear classifier scores it, and a projection
-    MLP maps it to the unit sphere for the label-level contrastive loss. One decoder layer (cross
-    attention + FFN, post-norm, as Query2Label) stands in for MulCon's ISAB stack."""
+    """Label-level attention: one learnable query per label cross-attends to the feature tokens, giving
+    one feature vector per label, which a per-label linear classifier scores. One decoder layer (cross
+    attention + FFN, post-norm, as Query2Label)."""
+
+    outputs = ("logits", "label_features", "attention")
+    per_class = ("queries", "class_weight", "class_bias")
 
     def __init__(self, num_features: int, num_classes: int, embed_dim: int = 512, heads: int = 4,
-                 proj_dim: int = 128, drop_rate: float = 0.0):  # fmt: skip
+                 drop_rate: float = 0.0, **_):  # fmt: skip
         super().__init__()
+        self.embed_dim = embed_dim
         self.input = nn.Sequential(nn.Linear(num_features, embed_dim), nn.LayerNorm(embed_dim))
         self.queries = nn.Parameter(torch.empty(num_classes, embed_dim))
         nn.init.xavier_uniform_(self.queries)
@@ -42,22 +57,15 @@ class LabelAttentionHead(nn.Module):
         self.class_weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         self.class_bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.normal_(self.class_weight, std=embed_dim**-0.5)
-        self.project = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
-                                     nn.Linear(embed_dim, proj_dim))  # fmt: skip
 
-    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor, return_attention: bool = False) -> dict:
+    def forward(self, features: Features, return_attention: bool = False) -> dict:
+        tokens = features.tokens
         memory = self.input(tokens)
         queries = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         attended, weights = self.attn(queries, memory, memory, need_weights=return_attention)
         h = self.norm1(queries + attended)
         h = self.norm2(h + self.ffn(h))  # [B, C, E]
-        out = {
-            "logits": (h * self.class_weight).sum(-1) + self.class_bias,
-            "label_embeddings": F.normalize(self.project(h), dim=-1),
-        }
+        out = {"logits": (h * self.class_weight).sum(-1) + self.class_bias, "label_features": h}
         if return_attention:
             out["attention"] = weights  # [B, C, N], averaged over heads
         return out
-
-
-HEADS = {"linear": LinearHead, "label_attention": LabelAttentionHead}

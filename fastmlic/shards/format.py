@@ -96,6 +96,33 @@ class SplitInfo:
     def index_paths(self, root: Path) -> list[Path]:
         return [Path(root) / s.index for s in self.shards]
 
+    def subset(self, classes: list[str], where: str) -> tuple[SplitInfo, list[int]]:
+        """This split restricted to `classes` (names, in the order given): the restricted description
+        (positives, ignored and co-occurrence of those classes) and each class's column in the shards'
+        labels. `where` names the split in the error for a name the split does not have."""
+        column = {c: i for i, c in enumerate(self.classes)}
+        unknown = [c for c in classes if c not in column]
+        if unknown:
+            import difflib
+
+            hints = [f"{c!r}" + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(
+                     c, self.classes, n=1, cutoff=0.5)) for c in unknown[:5]]  # fmt: skip
+            raise ValueError(f"{where}: class subset names {len(unknown)} classes the split does not have: "
+                             + ", ".join(hints))  # fmt: skip
+        cols = [column[c] for c in classes]
+        mean_labels = sum(self.positives[c] for c in cols) / max(self.num_samples, 1)
+        sub = dataclasses.replace(
+            self,
+            classes=list(classes),
+            positives=[self.positives[c] for c in cols],
+            ignored=[self.ignored[c] for c in cols],
+            cooccurrence=[[self.cooccurrence[r][c] for c in cols] for r in cols],
+            # per-image counts of a subset need every label again; the mean follows from the positives
+            labels_per_image={"mean": round(mean_labels, 4)},
+            source={**self.source, "class_subset": f"{len(cols)} of {len(self.classes)} classes"},
+        )
+        return sub, cols
+
     def save(self, path: Path) -> None:
         # one top-level key per line, values compact: readable, and fast for a 500 x 500 matrix
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

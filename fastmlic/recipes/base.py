@@ -1,0 +1,159 @@
+"""The recipe contract: how a training method plugs into the trainer without touching core files.
+
+A recipe declares, in its own file:
+- `Config`: its typed config dataclass (a `RecipeConfig`), selected by `recipe: {name: NAME, ...}`;
+- `check(cfg)`: cross-field checks at load time (e.g. the head must give per-label features);
+- `data_request(cfg)`: what it needs from the loaders: augmented views per image, a class subset;
+- `build_module()`: the one trainable module. Everything that gets gradients runs in its single
+  `forward`, so DDP, torch.compile, EMA and the optimiser see only it; `predict` gives the logits that
+  evaluation, prediction and reports use;
+- `teacher_paths()`: frozen models it reads (checkpoints of other runs); the trainer loads them once,
+  frozen, in eval mode, outside DDP, the optimiser and EMA, and records them by path and sha256;
+- `training_step(net, batch, ctx)`: named loss `Term`s, each saying how it reduces over the batch;
+- `after_step(module, ctx)`: a hook after every optimiser step (e.g. an EMA teacher);
+- `state_dict()` / `load_state_dict()`: state that changes in training beyond the trainable weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError, RecipeConfig
+from ..data import Batch
+from ..losses import build_loss
+from ..models import HEADS, MLICModel, build_model
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
+RECIPES: Registry[type[Recipe]] = Registry("recipe", "recipe.name")
+
+Reduction = Literal["sum", "mean", "global"]
+
+
+@dataclass
+class Term:
+    """One loss term of a step (an fp32 scalar) with its weight and how it reduces over the batch:
+
+    - 'sum':    summed over this rank's samples (ASL's sum). The global batch's loss is the sum over
+                ranks, but DDP averages gradients, so the term is scaled by the world size; over
+                micro-batches it is summed, as the larger batch would sum it.
+    - 'mean':   averaged over this rank's samples. Ranks hold equal batches, so DDP's average is the
+                global mean; over micro-batches it is averaged.
+    - 'global': computed from tensors gathered over all ranks (`distributed.gather_with_grad`), the
+                same value on every rank; each rank's backward yields only its own rows' gradient, so
+                the term is scaled by the world size, and averaged over micro-batches.
+
+    With these scales N processes x k micro-batches take the step of one process on the global batch.
+    """
+
+    value: torch.Tensor
+    reduction: Reduction
+    weight: float = 1.0
+
+    def backward_scale(self, world_size: int, accumulate: int) -> float:
+        if self.reduction == "sum":
+            return float(world_size)
+        if self.reduction == "mean":
+            return 1.0 / accumulate
+        return world_size / accumulate
+
+    def report_scale(self, world_size: int) -> float:
+        """Factor that puts this rank's value in units of the global batch before averaging over ranks."""
+        return float(world_size) if self.reduction == "sum" else 1.0
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    views: int = 1  # independently augmented views of each training image (one decode)
+    classes: list[str] | None = None  # train and evaluate on these classes only (names); None: all
+
+
+@dataclass
+class StepContext:
+    """What a training step and the after-step hook may read: never a growing parameter list."""
+
+    step: int  # optimiser steps done so far
+    epoch: int
+    total_steps: int
+    device: torch.device
+    amp: str  # 'bf16' | 'fp16' | 'off', as resolved for the device
+    rank: int
+    world_size: int
+    ema: ModelEmaV3 | None = None  # the trainer's EMA of the trainable module
+
+
+class RecipeModule(nn.Module):
+    """The trainable module of a recipe: the MLIC model plus whatever else the recipe trains."""
+
+    def __init__(self, model: MLICModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model(images)
+
+    def predict(self, images: torch.Tensor, return_attention: bool = False) -> dict:
+        """Evaluation outputs: `logits` [B, C], and `attention` and `grid` when asked and available."""
+        return self.model(images, return_attention=return_attention)
+
+    def per_class_parameters(self) -> list[str]:
+        """State-dict names whose first dimension indexes the classes (checkpoints map them by name)."""
+        return [f"model.{name}" for name in self.model.per_class_parameters()]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return self.model.backbone_parameters()
+
+
+class Recipe:
+    """Supervised multi-label training is `standard`; every other method overrides what it changes."""
+
+    Config: ClassVar[type[RecipeConfig]] = RecipeConfig
+    head_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # what training_step reads from the head
+
+    def __init__(self, cfg: Config, classes: list[str]):
+        self.cfg, self.classes = cfg, classes
+        self.criterion = build_loss(cfg.loss)
+        self.teachers: dict[str, nn.Module] = {}  # filled by the trainer from teacher_paths()
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        head = HEADS.lookup(cfg.model.head)
+        missing = [o for o in cls.head_outputs if o not in head.outputs]
+        if missing:
+            fits = [name for name, h in HEADS.items() if all(o in h.outputs for o in cls.head_outputs)]
+            raise ConfigError(
+                f"recipe.name={cfg.recipe.name} needs {', '.join(missing)} from the head, which "
+                f"model.head={cfg.model.head} does not give; use model.head={' or '.join(fits)}"
+            )
+
+    @classmethod
+    def data_request(cls, cfg: Config) -> DataRequest:
+        return DataRequest(views=1, classes=list(cfg.data.classes) or None)
+
+    def build_module(self) -> RecipeModule:
+        return RecipeModule(build_model(self.cfg.model, len(self.classes)))
+
+    def teacher_paths(self) -> dict[str, str]:
+        return {}
+
+    def classification(self, logits: torch.Tensor, batch: Batch) -> Term:
+        """The configured classification loss (ASL or BCE) as a term."""
+        return Term(self.criterion(logits, batch.targets, batch.ignore), self.criterion.reduction)
+
+    def training_step(self, net: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, Term]:
+        raise NotImplementedError
+
+    def after_step(self, module: RecipeModule, ctx: StepContext) -> None:
+        """Called after every optimiser step."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,292 @@
+"""Build everything from a config once, then fit: the only place a config becomes objects.
+
+`Trainer(cfg, dist, resume)` builds the run folder, the loaders the recipe asks for, the recipe and
+its trainable module (from `train.init_from` by class name, if set), frozen teachers, EMA, optimiser,
+scheduler and scaler, restores `last.pt` on resume, and `fit()` runs the epoch loop. Evaluation,
+prediction, reports and the benchmarks build through the same functions (`build_recipe`,
+`build_loaders`, `load_for_inference`), so a model is built one way everywhere.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import Checkpoint, TrainState, class_difference, file_sha256, load_checkpoint, load_weights
+from .config import Config, ConfigError, load_config
+from .data import Batch, build_loader, split_json
+from .distributed import Dist, broadcast_object
+from .engine import EpochStats, TrainParts, autocast, combine_terms, evaluate, resolve_amp, train_one_epoch
+from .optim import build_optimizer, build_scheduler
+from .recipes import RECIPES, DataRequest, Recipe, RecipeModule, StepContext
+from .run import RunDir
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def build_recipe(cfg: Config, classes: list[str]) -> Recipe:
+    return RECIPES.lookup(cfg.recipe.name)(cfg, classes)
+
+
+def build_loaders(cfg: Config, dist: Dist, request: DataRequest):
+    """(train, val) loaders for this rank, with the recipe's views and class subset."""
+    where = dict(rank=dist.rank, world_size=dist.world_size, device=dist.device, seed=cfg.train.seed,
+                 classes=request.classes)  # fmt: skip
+    train_json = split_json(cfg.data, cfg.data.train_split)
+    train = build_loader(train_json, cfg.data, train=True, views=request.views, **where)
+    val = build_loader(split_json(cfg.data, cfg.data.val_split), cfg.data, train=False, **where)
+    difference = class_difference(train.info.classes, val.info.classes)
+    if difference:
+        raise ValueError(f"split {cfg.data.val_split!r} has other classes than {cfg.data.train_split!r}: "
+                         f"{difference}")  # fmt: skip
+    return train, val
+
+
+@dataclass
+class Inference:
+    """A checkpoint rebuilt for prediction: the recipe's module in eval mode on the device."""
+
+    module: RecipeModule
+    cfg: Config
+    checkpoint: Checkpoint
+    amp: str
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint.classes
+
+
+def load_for_inference(path: str | Path, overrides: list[str], device: torch.device) -> Inference:
+    """Rebuild a run's trainable module from its checkpoint's config and classes (any recipe), with
+    command-line `overrides` of that config (e.g. --data.shards)."""
+    ckpt = load_checkpoint(path)
+    cfg = load_config(ckpt.config, overrides, source=f"{path} (its config)")
+    module = build_recipe(cfg, ckpt.classes).build_module()
+    load_weights(module, ckpt.model, ckpt.classes, ckpt.classes, [], str(path))
+    module = module.to(device, memory_format=memory_format(cfg)).eval()
+    return Inference(module, cfg, ckpt, resolve_amp(cfg.train.amp, device))
+
+
+def freeze_unused(recipe: Recipe, module: RecipeModule, cfg: Config, views: int, device: torch.device,
+                  amp: str) -> list[str]:  # fmt: skip
+    """Freeze (and name) the trainable parameters that no loss term of the recipe reaches, found by one
+    probe step on two synthetic images (every label positive). A head that reads only tokens leaves a
+    backbone's own pooling head unused (ConvNeXt's head norm, a ViT's fc_norm); under DDP such a
+    parameter stalls the gradient reduction. Randomness and buffers (BatchNorm statistics) are restored
+    afterwards."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    buffers = {k: v.clone() for k, v in module.state_dict().items()}
+    size, num_classes = cfg.data.image_size, len(recipe.classes)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images = torch.randn(2, 3, size, size, device=device).contiguous(memory_format=memory_format(cfg))
+        batch = Batch([images] * views, torch.ones(2, num_classes, device=device), None, ["probe0", "probe1"])
+        ctx = StepContext(step=0, epoch=0, total_steps=1, device=device, amp=amp, rank=0, world_size=1)
+        module.train()
+        with autocast(device, amp):
+            loss, _ = combine_terms(recipe.training_step(module, batch, ctx), 1, 1)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    module.load_state_dict(buffers)
+    unused = [(n, p) for (n, p), g in zip(named, grads, strict=True) if g is None]
+    for _, param in unused:
+        param.requires_grad_(False)
+    return [n for n, _ in unused]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: process peak RSS
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist: Dist, resume: Path | None = None):
+        self.cfg, self.dist = cfg, dist
+        t = cfg.train
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.amp = resolve_amp(t.amp, dist.device)
+        name = t.name or RunDir.default_name(cfg.data.dataset, cfg.model.backbone)
+        self.run = RunDir(resume or Path(t.out_dir) / broadcast_object(name, dist.world_size), dist.is_main)
+        if resume:
+            self.run.check_resume(cfg.to_dict())
+        else:
+            self.run.create(cfg.to_dict())
+        if t.tensorboard:
+            self.run.enable_tensorboard()
+
+        recipe_type = RECIPES.lookup(cfg.recipe.name)
+        request = recipe_type.data_request(cfg)
+        self.train_loader, self.val_loader = build_loaders(cfg, dist, request)
+        self.classes = self.train_loader.info.classes
+        self.recipe = recipe_type(cfg, self.classes)
+        self.module = self._build_module(request.views)
+        self.parts = self._build_parts()
+        self.state = TrainState()
+        if resume:
+            self._restore(load_checkpoint(self.run.path / "last.pt"))
+        net = torch.compile(self.module) if t.compile else self.module
+        if dist.world_size > 1:
+            device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=device_ids)
+        self.parts.net = net
+
+    def _build_module(self, views: int) -> RecipeModule:
+        """The recipe's trainable module on the device: initialised from `train.init_from` by class name,
+        its teachers loaded, what no loss term reaches frozen, BatchNorm synchronised if asked."""
+        cfg, dist, t = self.cfg, self.dist, self.cfg.train
+        module = self.recipe.build_module()
+        if t.init_from:
+            init = load_checkpoint(t.init_from)
+            per_class = module.per_class_parameters()
+            notes = load_weights(module, init.model, init.classes, self.classes, per_class,
+                                 f"train.init_from {t.init_from}", strict=False)  # fmt: skip
+            for note in notes:
+                self.run.log(note)
+        module = module.to(dist.device, memory_format=memory_format(cfg))
+        self.teacher_refs = self._load_teachers()
+        # frozen before EMA, the optimiser and DDP see it (and before SyncBN, whose forward would start
+        # collectives in this one-process probe)
+        unused = freeze_unused(self.recipe, module, cfg, views, dist.device, self.amp)
+        if unused:
+            shown = ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else "")
+            self.run.log(f"frozen: {len(unused)} parameters that no loss term of recipe {cfg.recipe.name} "
+                         f"with head {cfg.model.head} reaches ({shown})")  # fmt: skip
+        if t.sync_bn and dist.world_size > 1:
+            if dist.device.type != "cuda":
+                raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return module
+
+    def _build_parts(self) -> TrainParts:
+        """EMA, optimiser, per-step schedule and loss scaler around the trainable module."""
+        cfg = self.cfg
+        ema = None
+        if cfg.ema.enabled:
+            ema = ModelEmaV3(self.module, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+        optimizer = build_optimizer(self.module, cfg.optim)
+        self.steps_per_epoch = per_epoch = -(-len(self.train_loader) // cfg.optim.accumulate)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs * per_epoch, per_epoch)
+        scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
+        return TrainParts(self.module, self.module, self.recipe, optimizer, scheduler, scaler, ema,
+                          cfg.optim.accumulate, cfg.optim.grad_clip)  # fmt: skip
+
+    def _load_teachers(self) -> dict[str, dict[str, str]]:
+        """Frozen models the recipe reads: built from their checkpoints, in eval mode, outside DDP, the
+        optimiser and EMA; referenced in our checkpoints by path and sha256, never copied."""
+        refs = {}
+        for name, path in self.recipe.teacher_paths().items():
+            teacher = load_for_inference(path, [], self.dist.device).module.requires_grad_(False)
+            self.recipe.teachers[name] = teacher
+            refs[name] = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+        return refs
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        p, where = self.parts, f"--resume {self.run.path}"
+        load_weights(self.module, ckpt.model, ckpt.classes, self.classes, [], where)
+        for name, ref in ckpt.teachers.items():
+            now = self.teacher_refs.get(name, {}).get("sha256")
+            if now != ref["sha256"]:
+                raise ValueError(f"{where}: teacher {name!r} ({ref['path']}) is not the file the run started "
+                                 f"with (sha256 {ref['sha256'][:12]}, now {str(now)[:12]})")  # fmt: skip
+        p.optimizer.load_state_dict(ckpt.optimizer)
+        p.scheduler.load_state_dict(ckpt.scheduler)
+        if p.ema is not None:
+            p.ema.load_state_dict(ckpt.ema)
+        if p.scaler is not None:
+            p.scaler.load_state_dict(ckpt.scaler)
+        self.recipe.load_state_dict(ckpt.recipe)
+        torch.set_rng_state(ckpt.rng)
+        self.state = ckpt.state
+        self.run.log(f"resumed {self.run.path} after epoch {self.state.epoch} (step {self.state.step})")
+
+    def _checkpoint(self, kind: str, weights: dict, **extra) -> dict:
+        return Checkpoint(kind=kind, classes=self.classes, config=self.cfg.to_dict(), model=weights,
+                          teachers=self.teacher_refs, **extra).to_dict()  # fmt: skip
+
+    def fit(self) -> dict:
+        cfg, dist, run, p, s = self.cfg, self.dist, self.run, self.parts, self.state
+        t = cfg.train
+        run.log(
+            f"run {run.path}: recipe {cfg.recipe.name}, {len(self.classes)} classes, "
+            f"{self.train_loader.info.num_samples} train / {self.val_loader.info.num_samples} "
+            f"{cfg.data.val_split} images, {self.train_loader.backend} data, "
+            f"{dist.world_size} x {dist.device.type}, amp {self.amp}"
+        )
+        ctx = StepContext(step=s.step, epoch=s.epoch, total_steps=t.epochs * self.steps_per_epoch,
+                          device=dist.device, amp=self.amp, rank=dist.rank, world_size=dist.world_size,
+                          ema=p.ema)  # fmt: skip
+        last_stats: EpochStats | None = None
+        epochs_run = 0
+        for epoch in range(s.epoch, t.epochs):
+            self.train_loader.set_epoch(epoch)
+            ctx.epoch = epoch
+            log = lambda row, e=epoch: run.record({"kind": "train", "epoch": e, **row})  # noqa: E731
+            stats = train_one_epoch(p, self.train_loader, ctx, log_every=t.log_every, on_log=log,
+                                    progress=dist.is_main)  # fmt: skip
+            s.step, s.epoch = ctx.step, epoch + 1
+            self._end_of_epoch(stats)
+            last_stats, epochs_run = stats, epochs_run + 1
+            if t.patience and s.bad_epochs >= t.patience:
+                run.log(f"early stop: no better mAP for {t.patience} epochs")
+                break
+            if t.stop_after and epochs_run >= t.stop_after and epoch + 1 < t.epochs:
+                run.log(f"stopping after {epochs_run} epochs as asked (train.stop_after); continue with "
+                        f"--resume {run.path}")  # fmt: skip
+                break
+        return {
+            "run": str(run.path),
+            "best": {"mAP": s.best_map, "source": s.best_source, "epoch": s.best_epoch},
+            "best_raw_mAP": s.best_raw,
+            "best_ema_mAP": s.best_ema,
+            "epochs": s.epoch,
+            "images_per_s": last_stats.images_per_s if last_stats else None,
+            "data_wait": last_stats.data_wait if last_stats else None,
+            "peak_memory_mb": peak_memory_mb(dist.device),
+            "skipped_images": len(self.train_loader.skipped) + len(self.val_loader.skipped),
+        }
+
+    def _end_of_epoch(self, stats: EpochStats) -> None:
+        """Evaluate raw and EMA weights, record the epoch, keep best.pt and last.pt."""
+        cfg, dist, p, s = self.cfg, self.dist, self.parts, self.state
+        evals = {"raw": self.module} if p.ema is None else {"raw": self.module, "ema": p.ema.module}
+        where = dict(device=dist.device, amp=self.amp, world_size=dist.world_size)
+        metrics = {name: evaluate(m, self.val_loader, threshold=cfg.train.threshold,
+                                  headline=cfg.train.map_flavour, **where)
+                   for name, m in evals.items()}  # fmt: skip
+        best_name = max(metrics, key=lambda n: metrics[n]["mAP"])
+        s.best_raw = max(s.best_raw, metrics["raw"]["mAP"])
+        s.best_ema = max(s.best_ema, metrics["ema"]["mAP"] if "ema" in metrics else -1.0)
+        improved = metrics[best_name]["mAP"] > s.best_map
+        s.bad_epochs = 0 if improved else s.bad_epochs + 1
+        row = {"kind": "epoch", "epoch": s.epoch, "step": s.step, "loss": stats.loss,
+               "lr": p.optimizer.param_groups[-1]["lr"], "images_per_s": stats.images_per_s,
+               "images_per_s_per_device": stats.images_per_s / dist.world_size, "data_wait": stats.data_wait,
+               "seconds": stats.seconds, "peak_memory_mb": peak_memory_mb(dist.device)}  # fmt: skip
+        for name, m in metrics.items():
+            row.update({f"{name}_{k}": v for k, v in m.items() if k != "ap"})
+            row[f"{name}_ap"] = m["ap"]
+        self.run.record(row)
+        if improved:
+            s.best_map, s.best_source, s.best_epoch = metrics[best_name]["mAP"], best_name, s.epoch
+            self.run.save("best.pt", self._checkpoint("best", evals[best_name].state_dict(), source=best_name,
+                                                      metrics=metrics[best_name], state=s))  # fmt: skip
+        self.run.save("last.pt", self._checkpoint(
+            "last", self.module.state_dict(), state=s, ema=p.ema.state_dict() if p.ema is not None else None,
+            optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(),
+            scaler=p.scaler.state_dict() if p.scaler else None, rng=torch.get_rng_state(),
+            recipe=self.recipe.state_dict()))  # fmt: skip
+        self.run.log(
+            f"epoch {s.epoch}/{cfg.train.epochs}  loss {stats.loss:.4g}  mAP raw {metrics['raw']['mAP']:.4f}"
+            + (f"  ema {metrics['ema']['mAP']:.4f}" if "ema" in metrics else "")
+            + f"  {stats.images_per_s:.0f} img/s  data wait {stats.data_wait:.0%}"
+        )

@@ -1,0 +1,320 @@
+"""The recipe contract: the typed `recipe` config section, loss terms that train N processes as one,
+every head x recipe under DDP, frozen teachers, and MulCon's label-level contrastive term."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+import rawdata
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from conftest import ROOT, assert_close
+
+from fastmlic import train
+from fastmlic.config import ConfigError, RecipeConfig, describe, load_config, option
+from fastmlic.data import Batch
+from fastmlic.engine import combine_terms
+from fastmlic.models import HEADS
+from fastmlic.recipes import RECIPES, StepContext, Term
+from fastmlic.recipes.mulcon import label_contrastive_loss
+from fastmlic.recipes.standard import Standard
+from fastmlic.trainer import build_recipe, freeze_unused
+
+# --------------------------------------------------------------------------- config
+
+
+def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  head: label_attention\nrecipe:\n  weight: 0.3\n  name: mulcon\n")
+    cfg = load_config(path, ["--recipe.temperature=0.1"])  # name applies first, wherever it is written
+    assert (cfg.recipe.name, cfg.recipe.weight, cfg.recipe.temperature) == ("mulcon", 0.3, 0.1)
+    assert cfg.to_dict()["recipe"] == {"name": "mulcon", "weight": 0.3, "temperature": 0.1, "proj_dim": 128}
+    assert load_config(cfg.to_dict()) == cfg  # a checkpoint's config dict round-trips
+    # another recipe on the command line starts from that recipe's defaults
+    assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPES.lookup("standard").Config()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--recipe.name=mulcom"], r"recipe.name='mulcom' is not a known recipe; did you mean 'mulcon'"),
+        (["--recipe.weight=1"], r"unknown config key 'recipe.weight' of recipe 'standard'"),
+        (["--recipe.name=mulcon", "--model.head=label_attention", "--recipe.wieght=1"],
+         r"'recipe.wieght' of recipe 'mulcon'; did you mean 'recipe.weight'"),
+        (["--recipe.name=mulcon", "--model.head=label_attention", "--recipe.proj_dim=1.5"],
+         r"recipe.proj_dim: expected int"),
+        (["--recipe.name=mulcon"], r"recipe.name=mulcon needs label_features .*model.head=label_attention"),
+        (["--model.head=linea"], r"model.head='linea' is not a known head; did you mean 'linear'"),
+    ],
+)  # fmt: skip
+def test_recipe_keys_are_as_strict_as_every_other_section(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("digits", overrides)
+
+
+def test_help_lists_every_recipe_with_its_keys():
+    text = describe()
+    for name, recipe in RECIPES.items():
+        assert f"  {name}: " in text
+        for field in recipe.Config.__dataclass_fields__:
+            if field != "name":
+                assert f"--recipe.{field}=" in text, (name, field)
+
+
+# --------------------------------------------------------------------------- MulCon's term
+
+
+def literal_label_contrastive(z, targets, temperature, ignore=None):
+    """The loss written as the paper states it, one anchor at a time."""
+    slots = [(b, c) for b in range(targets.shape[0]) for c in range(targets.shape[1])
+             if targets[b, c] > 0.5 and (ignore is None or not ignore[b, c])]  # fmt: skip
+    total = torch.zeros((), dtype=torch.float64)
+    for i, (bi, ci) in enumerate(slots):
+        others = [j for j in range(len(slots)) if j != i]
+        logits = torch.stack([z[bi, ci] @ z[slots[j][0], slots[j][1]] / temperature for j in others])
+        log_prob = logits - torch.logsumexp(logits, 0)
+        positives = [k for k, j in enumerate(others) if slots[j][1] == ci]
+        if positives:
+            total = total - log_prob[positives].mean()
+    return total / len(slots)
+
+
+def test_label_contrastive_loss_equals_a_literal_loop(rng):
+    z = F.normalize(torch.from_numpy(rng.normal(size=(5, 4, 8))), dim=-1).requires_grad_()
+    targets = torch.from_numpy(rng.random((5, 4)) < 0.5).double()
+    targets[0, 0] = targets[1, 0] = 1  # at least one anchor with a positive
+    ignore = torch.from_numpy(rng.random((5, 4)) < 0.2)
+    ignore[0, 0] = ignore[1, 0] = False
+    for mask in (None, ignore):
+        expected = literal_label_contrastive(z, targets, 0.2, mask)
+        actual = label_contrastive_loss(z, targets, 0.2, mask)
+        assert_close(actual, expected, torch.float32, "loss")
+        (g_actual,) = torch.autograd.grad(actual, z)
+        (g_expected,) = torch.autograd.grad(expected, z)
+        assert_close(g_actual, g_expected, torch.float32, "gradient")
+
+
+# --------------------------------------------------------------------------- DDP scaling
+
+
+def test_each_reduction_has_the_scale_that_makes_n_ranks_one_process():
+    x = torch.tensor(2.0)
+    for world, acc in ((1, 1), (4, 1), (4, 3)):
+        assert Term(x, "sum").backward_scale(world, acc) == world  # summed over micro-batches
+        assert Term(x, "mean").backward_scale(world, acc) == pytest.approx(1 / acc)
+        assert Term(x, "global").backward_scale(world, acc) == pytest.approx(world / acc)
+        assert Term(x, "sum").report_scale(world) == world
+        assert Term(x, "mean").report_scale(world) == Term(x, "global").report_scale(world) == 1
+    backward, report = combine_terms({"a": Term(x, "sum", 0.5), "b": Term(x, "global", 2.0)}, 2, 1)
+    assert backward.item() == pytest.approx(0.5 * 2 * 2 + 2.0 * 2 * 2)
+    assert report.item() == pytest.approx(0.5 * 2 * 2 + 2.0 * 2)
+
+
+GLOBAL_BATCH = 8
+TERM_KINDS = {  # the recipe and the config that give each kind of term
+    "sum (ASL)": ["--recipe.name=standard", "--loss.name=asl", "--loss.reduction=sum"],
+    "mean (BCE)": ["--recipe.name=standard", "--loss.name=bce", "--loss.reduction=mean"],
+    "global (label contrastive over gathered slots)": ["--recipe.name=mulcon", "--loss.name=bce",
+                                                       "--loss.reduction=mean", "--recipe.weight=2.0"],
+}  # fmt: skip
+
+
+def _toy_setup(kind: str):
+    cfg = load_config("digits", ["--model.backbone=test_convnext", "--model.head=label_attention",
+                                 "--model.embed_dim=16", "--model.heads=2", *TERM_KINDS[kind]])  # fmt: skip
+    torch.manual_seed(0)
+    recipe = build_recipe(cfg, [f"c{i}" for i in range(5)])
+    module = recipe.build_module()
+    # as the trainer builds it: the backbone's own pooling norm, which these heads do not read, is frozen
+    assert freeze_unused(recipe, module, cfg, 1, torch.device("cpu"), "off") == [
+        "model.backbone.model.head.norm.weight", "model.backbone.model.head.norm.bias"]
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g)
+    targets = (torch.rand(GLOBAL_BATCH, 5, generator=g) < 0.5).float()
+    targets[:, 0] = 1  # every image has a positive slot in label 0: the contrastive term has positives
+    return recipe, module, images, targets
+
+
+def _grads_of_step(recipe, net, module, images, targets, world_size):
+    ctx = StepContext(step=0, epoch=0, total_steps=1, device=torch.device("cpu"), amp="off", rank=0,
+                      world_size=world_size)  # fmt: skip
+    batch = Batch([images], targets, None, [str(i) for i in range(len(images))])
+    backward, _ = combine_terms(recipe.training_step(net, batch, ctx), world_size, 1)
+    backward.backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank: int, kind: str, store: str, out: str):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    recipe, module, images, targets = _toy_setup(kind)
+    net = torch.nn.parallel.DistributedDataParallel(module)
+    half = slice(rank * GLOBAL_BATCH // 2, (rank + 1) * GLOBAL_BATCH // 2)
+    grads = _grads_of_step(recipe, net, module, images[half], targets[half], world_size=2)
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("kind", list(TERM_KINDS))
+def test_two_processes_give_the_gradient_of_one_process_on_the_global_batch(kind, tmp_path):
+    recipe, module, images, targets = _toy_setup(kind)
+    expected = _grads_of_step(recipe, module, module, images, targets, world_size=1)
+    mp.spawn(_ddp_worker, args=(kind, str(tmp_path / "store"), str(tmp_path / "grads.pt")), nprocs=2)
+    actual = torch.load(tmp_path / "grads.pt")
+    assert actual.keys() == expected.keys() and len(actual) > 10
+    for name, value in expected.items():
+        assert_close(actual[name], value.double(), torch.float32, f"{kind}: {name}")
+
+
+# --------------------------------------------------------------------------- every head x recipe
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return rawdata.digits_shards(tmp_path_factory.mktemp("recipes"), 64, 32, 32)
+
+
+def base_args(shards, out):
+    return ["--cfg", "digits", f"--data.shards={shards}", f"--train.out_dir={out}", "--data.image_size=32",
+            "--data.batch_size=8", "--data.workers=0", "--data.backend=torch",
+            "--model.backbone=test_convnext", "--model.embed_dim=16", "--model.heads=2", "--train.epochs=2",
+            "--train.log_every=1"]  # fmt: skip
+
+
+def fits(head: str, recipe: str) -> bool:
+    return all(o in HEADS[head].outputs for o in RECIPES[recipe].head_outputs)
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards, tmp_path, head, recipe):
+    args = [*base_args(shards, tmp_path), f"--model.head={head}", f"--recipe.name={recipe}", "--train.name=r"]
+    if not fits(head, recipe):
+        with pytest.raises(ConfigError, match=f"model.head={head} does not give"):
+            load_config("digits", args[2:])
+        return
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29541", str(ROOT / "fastmlic" / "train.py"), *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert len(steps) == 2 * 64 // 16  # every step of both epochs, global batch 16
+    assert all(r["loss"] == r["loss"] for r in steps)  # finite, and logged every step
+    if recipe == "mulcon":
+        assert all("loss_contrastive" in r and "loss_cls" in r for r in steps)
+
+
+# --------------------------------------------------------------------------- frozen teachers
+
+
+@dataclass
+class DistillConfig(RecipeConfig):
+    name: str = option("distill", "test recipe")
+    teacher: str = option("", "checkpoint of the teacher run")
+
+
+class Distill(Standard):
+    """A test recipe: classification plus a mean BCE towards a frozen teacher's scores."""
+
+    Config = DistillConfig
+    seen: list = []
+
+    def teacher_paths(self):
+        return {"teacher": self.cfg.recipe.teacher}
+
+    def training_step(self, net, batch, ctx):
+        teacher = self.teachers["teacher"]
+        Distill.seen.append((teacher.training, any(p.requires_grad for p in teacher.parameters())))
+        with torch.no_grad():
+            soft = torch.sigmoid(teacher.predict(batch.images)["logits"].float())
+        logits = net(batch.images)["logits"]
+        distill = F.binary_cross_entropy_with_logits(logits.float(), soft)
+        return {"cls": self.classification(logits, batch), "distill": Term(distill, "mean")}
+
+
+def test_a_frozen_teacher_stays_out_of_training_and_checkpoints_reference_it(shards, tmp_path, monkeypatch):
+    args = base_args(shards, tmp_path) + ["--train.epochs=1"]
+    train.main([*args, "--train.name=teacher"])
+    monkeypatch.setitem(RECIPES, "distill", Distill)
+    teacher = tmp_path / "teacher" / "best.pt"
+    Distill.seen.clear()
+    train.main([*args, "--train.name=student", "--recipe.name=distill", f"--recipe.teacher={teacher}"])
+    assert Distill.seen and all(s == (False, False) for s in Distill.seen)  # eval mode, no gradients
+    last = torch.load(tmp_path / "student" / "last.pt", weights_only=False)
+    assert last["teachers"]["teacher"]["path"] == str(teacher.resolve())
+    assert len(last["teachers"]["teacher"]["sha256"]) == 64
+    teacher_last = torch.load(tmp_path / "teacher" / "last.pt", weights_only=False)
+    # the teacher's weights are in no part of the student's state: same keys as a plain run's
+    ema_keys = {k.removeprefix("module.") for k in last["ema"]}  # ModelEmaV3 keeps the copy as .module
+    assert set(last["model"]) == ema_keys == set(teacher_last["model"])
+
+    def optimised(ckpt):
+        return sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+
+    assert optimised(last) == optimised(teacher_last)
+    rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_distill" in r for r in rows if r["kind"] == "train")
+    # a teacher file that changed since the run started stops the resume, naming it
+    changed = torch.load(teacher, weights_only=False)
+    name = next(iter(changed["model"]))
+    changed["model"][name] = changed["model"][name] + 1
+    torch.save(changed, teacher)
+    with pytest.raises(ValueError, match=r"teacher 'teacher' \(.*best.pt\) is not the file"):
+        train.main(["--resume", str(tmp_path / "student")])
+
+
+# --------------------------------------------------------------------------- the README's example
+
+
+def test_the_readme_example_recipe_registers_and_trains(shards, tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    start = text.index("# fastmlic/recipes/l2feat.py")
+    code = text[start : text.index("```", start)]
+    monkeypatch.setattr(RECIPES, "register", _register_into(monkeypatch))  # leaves RECIPES as it was
+    module = types.ModuleType("fastmlic.recipes.l2feat")
+    module.__package__ = "fastmlic.recipes"
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    assert "--recipe.weight=0.001" in describe()
+    summary = train.main([*base_args(shards, tmp_path), "--train.name=l2", "--recipe.name=l2feat",
+                          "--recipe.weight=0.01", "--train.epochs=1"])  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "l2" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert all(r["loss"] == pytest.approx(r["loss_cls"] + 0.01 * r["loss_l2"], rel=1e-5) for r in steps)
+    assert summary["epochs"] == 1
+
+
+def _register_into(monkeypatch):
+    def register(name):
+        def add(recipe):
+            monkeypatch.setitem(RECIPES, name, recipe)
+            return recipe
+
+        return add
+
+    return register
+
+
+@pytest.mark.slow
+def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
+    command = [sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--quick"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon/label_attention"]
