@@ -1,18 +1,21 @@
 #!/usr/bin/env python
-"""Every recipe side by side on the same shards, budget and seed: best mAP (raw and EMA), throughput
-and wall time per row, from the trainer itself (`fastmlic/train.py`), in one run.
+"""Every recipe side by side on the same shards, budget and seed: best mAP (raw and EMA), throughput,
+peak memory and wall time per row, from the trainer itself (`fastmlic/train.py`), in one run.
 
     python benchmarks/recipes.py                                 # digits shards in ./shards, 3 epochs
-    python benchmarks/recipes.py --rows standard,mulcon --train.epochs=5 --data.shards=/data/shards
+    python benchmarks/recipes.py --epochs 5 --rows standard/linear,mulcon-stage1 --data.shards=DIR
     python benchmarks/recipes.py --quick                         # tiny digits set, one epoch (CI smoke)
 
-A row is a recipe with the head it needs; `standard/label_attention` separates the head's effect from
-the recipe's. Extra `--section.key=value` arguments apply to every row.
+A row is a config (a digits preset) with overrides; `standard/label_attention` separates a head's
+effect from a recipe's. Every row trains `--epochs` epochs from random init, except a row that
+continues another row's run (a later stage), which adds its preset's epochs on top of that run: its
+epochs column counts only its own. Extra `--section.key=value` arguments apply to every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -21,13 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: E402
-from fastmlic import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = {  # name -> overrides of the digits config that select the recipe and what it needs
-    "standard/linear": ["--recipe.name=standard", "--model.head=linear"],
-    "standard/label_attention": ["--recipe.name=standard", "--model.head=label_attention"],
-    "mulcon/label_attention": ["--recipe.name=mulcon", "--model.head=label_attention"],
+ROWS = {  # name -> (config, overrides, the row whose run this one continues)
+    "standard/linear": ("digits", ["--model.head=linear"], None),
+    "standard/label_attention": ("digits", ["--model.head=label_attention"], None),
+    "mulcon-stage1": ("mulcon_stage1_digits", [], None),
+    "mulcon-stage2": ("mulcon_stage2_digits", [], "mulcon-stage1"),
 }
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly
 
@@ -39,9 +42,26 @@ def tiny_digits(out: Path) -> Path:
     return out
 
 
+def run_row(work: Path, name: str, args: list[str]) -> dict:
+    """One row in its own process (so peak memory is the row's own), read back from its run folder."""
+    folder = name.replace("/", "-")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "fastmlic" / "train.py"), f"--train.out_dir={work}",
+                    f"--train.name={folder}", *args], check=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+    rows = [json.loads(line) for line in (work / folder / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    raw = max(r["raw_mAP"] for r in epochs)
+    ema = max((r["ema_mAP"] for r in epochs if "ema_mAP" in r), default=float("nan"))
+    return {"row": name, "best_mAP": f"{max(raw, ema if ema == ema else raw):.4f}", "raw_mAP": f"{raw:.4f}",
+            "ema_mAP": f"{ema:.4f}", "epochs": len(epochs), "images_per_s": epochs[-1]["images_per_s"],
+            "peak_memory_mb": round(max(r["peak_memory_mb"] for r in epochs)), "wall_s": seconds}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows among: {', '.join(ROWS)}")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every row that starts from random init")
     p.add_argument("--quick", action="store_true", help="tiny generated digits set, one epoch, 32 px")
     args, overrides = p.parse_known_args()
     rows = args.rows.split(",")
@@ -49,25 +69,30 @@ def main() -> None:
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     work = Path(tempfile.mkdtemp(prefix="fastmlic-recipes-"))
-    budget = ["--train.epochs=3"]
+    epochs, budget = args.epochs, []
     if args.quick:
-        budget = ["--train.epochs=1", "--data.image_size=32", "--data.batch_size=32", "--data.workers=0",
-                  "--model.embed_dim=64", f"--data.shards={tiny_digits(work / 'shards')}"]  # fmt: skip
+        epochs = 1
+        budget = ["--data.image_size=32", "--data.batch_size=32", "--data.workers=0", "--model.embed_dim=64",
+                  f"--data.shards={tiny_digits(work / 'shards')}"]  # fmt: skip
     results = []
     for name in rows:
-        start = time.perf_counter()
-        run = ["--cfg", "digits", f"--train.out_dir={work}", f"--train.name={name.replace('/', '-')}"]
-        summary = train.main([*run, *SAME_FOR_ALL, *budget, *ROWS[name], *overrides])
-        results.append({"row": name, "best_mAP": f"{summary['best']['mAP']:.4f}",
-                        "raw_mAP": f"{summary['best_raw_mAP']:.4f}",
-                        "ema_mAP": f"{summary['best_ema_mAP']:.4f}",
-                        "epochs": summary["epochs"], "images_per_s": summary["images_per_s"],
-                        "wall_s": time.perf_counter() - start})  # fmt: skip
+        config, row_args, continues = ROWS[name]
+        if continues and continues not in rows:
+            p.error(f"row {name} continues row {continues}: list both")
+        if continues:
+            start_from = [f"--train.init_from={work / continues.replace('/', '-') / 'last.pt'}"]
+        else:
+            start_from = [f"--train.epochs={epochs}"]
+        results.append(run_row(work, name, ["--cfg", config, *SAME_FOR_ALL, *budget, *row_args, *start_from,
+                                            *overrides]))  # fmt: skip
     env = environment()
-    print(f"\ndigits, {' '.join(budget + overrides)}; {env['device']}, {env['cpus']} CPUs")
-    columns = ["row", "best_mAP", "raw_mAP", "ema_mAP", "epochs", "images_per_s", "wall_s"]
+    memory = "GPU memory allocated" if not env["device"].startswith("cpu") else "process RSS"
+    print(f"\ndigits, {epochs} epochs {' '.join(budget + overrides)}; {env['device']}, {env['cpus']} CPUs; "
+          f"peak memory: {memory}")
+    columns = ["row", "best_mAP", "raw_mAP", "ema_mAP", "epochs", "images_per_s", "peak_memory_mb", "wall_s"]
     print(markdown_table(results, columns))
-    print(f"results: {write_jsonl('recipes', [{**r, 'budget': budget + overrides} for r in results], env)}")
+    rows_out = [{**r, "epochs_budget": epochs, "args": budget + overrides} for r in results]
+    print(f"results: {write_jsonl('recipes', rows_out, env)}")
 
 
 if __name__ == "__main__":

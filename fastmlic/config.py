@@ -85,10 +85,10 @@ class ModelConfig:
     backbone: str = option("resnet50", "timm model name")
     pretrained: bool = option(False, "load timm's pretrained weights from the hub")
     pretrained_path: str | None = option(None, "load backbone weights from this local file instead")
-    head: str = option("linear", "classification head (fastmlic.models.HEADS): linear | label_attention")
+    head: str = option("linear", "classification head by name: linear, label_attention, or one a recipe adds")
     drop_rate: float = option(0.0, "dropout before the classifier")
-    embed_dim: int = option(512, "label_attention: width of the label queries and per-label features")
-    heads: int = option(4, "label_attention: attention heads")
+    embed_dim: int = option(512, "label-level heads: width of the label queries and per-label features")
+    heads: int = option(4, "label-level heads: attention heads")
 
 
 @dataclass
@@ -111,11 +111,14 @@ class OptimConfig:
     weight_decay: float = option(1e-4, "weight decay, applied to weights only (none on biases and norms)")
     momentum: float = option(0.9, "SGD momentum")
     backbone_lr_factor: float = option(1.0, "backbone learning rate as a fraction of lr")
-    schedule: Literal["onecycle", "cosine"] = option(
-        "onecycle", "learning-rate schedule, stepped per iteration"
+    schedule: Literal["onecycle", "cosine", "step"] = option(
+        "onecycle", "learning-rate schedule, stepped per iteration: OneCycle, cosine, or step decay"
     )
     pct_start: float = option(0.2, "OneCycle: fraction of training spent rising to the peak")
     warmup_epochs: float = option(0.0, "cosine: linear warm-up length in epochs")
+    step_epochs: float = option(20.0, "step: multiply the learning rate by step_gamma every this many epochs")
+    step_gamma: float = option(0.1, "step: decay factor")
+    nesterov: bool = option(True, "SGD: Nesterov momentum (false: plain momentum)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0 turns it off)")
     accumulate: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
 
@@ -259,9 +262,10 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
     setattr(getattr(cfg, section), key, value)
 
 
-def _name_first(items: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
-    """`recipe.name` before the recipe's other keys, which only exist once the recipe is chosen."""
-    return sorted(items, key=lambda item: (item[0], item[1]) != ("recipe", "name"))
+def _name_first(items: list[tuple]) -> list[tuple]:
+    """`recipe.name` before the recipe's other keys, which only exist once the recipe is chosen.
+    Items end in (section, key, value)."""
+    return sorted(items, key=lambda item: (item[-3], item[-2]) != ("recipe", "name"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -318,34 +322,45 @@ def _override_value(tp: Any, raw: str) -> Any:
     return value
 
 
-def load_config(
-    cfg: str | Path | dict | None = None, overrides: list[str] | None = None, source: str = ""
-) -> Config:
-    """Defaults, then `cfg` (a YAML file by path or bare name, or an already-parsed mapping such as a
-    checkpoint's config; `source` names it in errors), then the command-line `overrides`."""
-    config = Config()
+def _file_items(cfg: str | Path | dict, source: str = "", chain: tuple[str, ...] = ()) -> list[tuple]:
+    """(where, section, key, value) of a config file or mapping, after those of its `base:` file (a
+    method preset names the dataset config it extends)."""
     if isinstance(cfg, dict):
         data, where = cfg, source or "config"
-    elif cfg is not None:
+    else:
         path = find_config(cfg)
         try:
             data = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         where = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level")
+    items = []
+    if "base" in data:
+        if not isinstance(data["base"], str) or where in chain:
+            raise ConfigError(f"{where}: base must name one other config file, without cycles")
+        items = _file_items(data["base"], chain=(*chain, where))
+    for section, values in data.items():
+        if section == "base":
+            continue
+        if section not in _sections():
+            hint = _closest(section, list(_sections()))
+            raise ConfigError(f"{where}: unknown config section '{section}'{hint}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a mapping of keys")
+        items += [(where, section, key, value) for key, value in values.items()]
+    return items
+
+
+def load_config(
+    cfg: str | Path | dict | None = None, overrides: list[str] | None = None, source: str = ""
+) -> Config:
+    """Defaults, then `cfg` (a YAML file by path or bare name, or an already-parsed mapping such as a
+    checkpoint's config; `source` names it in errors), then the command-line `overrides`."""
+    config = Config()
     if cfg is not None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a mapping of sections at the top level")
-        items = []
-        for section, values in data.items():
-            if section not in _sections():
-                raise ConfigError(
-                    f"{where}: unknown config section '{section}'{_closest(section, list(_sections()))}"
-                )
-            if not isinstance(values, dict):
-                raise ConfigError(f"{where}: section '{section}' must be a mapping of keys")
-            items += [(section, key, value) for key, value in values.items()]
-        for section, key, value in _name_first(items):
+        for where, section, key, value in _name_first(_file_items(cfg, source)):
             try:
                 _apply(config, section, key, value)
             except ConfigError as e:
@@ -373,6 +388,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.crop_scale={d.crop_scale} must be [low, high] with 0 < low <= high <= 1")
     if not 0 <= d.cutout < 1:
         raise ConfigError(f"data.cutout={d.cutout} must be in [0, 1)")
+    if cfg.optim.step_epochs <= 0:
+        raise ConfigError(f"optim.step_epochs={cfg.optim.step_epochs} must be positive")
     if not 0 < cfg.optim.pct_start < 1:
         raise ConfigError(f"optim.pct_start={cfg.optim.pct_start} must be in (0, 1)")
     if not 0 <= cfg.ema.decay < 1:

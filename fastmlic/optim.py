@@ -1,5 +1,5 @@
 """Optimizer with "true" weight decay (none on biases and norm weights) and a backbone learning-rate
-factor, and the per-step schedule (OneCycle, or cosine with linear warm-up)."""
+factor, and the per-step schedule (OneCycle, cosine with linear warm-up, or step decay)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     for g in groups:
         g["lr"] = cfg.lr * g["lr_factor"]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     # Adam's own weight_decay adds wd * w to the gradient (L2), which is what ASL's recipe uses
@@ -54,6 +54,9 @@ def build_scheduler(
             total_steps=total_steps,
             pct_start=cfg.pct_start,
         )
+    if cfg.schedule == "step":  # per iteration, so a decay lands where the epoch-based one does
+        period = max(1, round(cfg.step_epochs * steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cfg.step_gamma ** (step // period))
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:

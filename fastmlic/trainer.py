@@ -146,10 +146,10 @@ class Trainer:
         cfg, dist, t = self.cfg, self.dist, self.cfg.train
         module = self.recipe.build_module()
         if t.init_from:
-            init = load_checkpoint(t.init_from)
-            per_class = module.per_class_parameters()
-            notes = load_weights(module, init.model, init.classes, self.classes, per_class,
-                                 f"train.init_from {t.init_from}", strict=False)  # fmt: skip
+            init, what = load_checkpoint(t.init_from), f"train.init_from {t.init_from}"
+            weights = self.recipe.initial_weights(init, what)
+            notes = load_weights(module, weights, init.classes, self.classes, module.per_class_parameters(),
+                                 what, strict=False)  # fmt: skip
             for note in notes:
                 self.run.log(note)
         module = module.to(dist.device, memory_format=memory_format(cfg))

@@ -107,3 +107,20 @@ def test_malformed_overrides():
         parse_overrides(["lr=3"])
     with pytest.raises(ConfigError, match="needs a value"):
         parse_overrides(["--optim.lr"])
+
+
+def test_a_preset_extends_the_config_it_names_as_base(tmp_path):
+    base = tmp_path / "mybase.yaml"
+    base.write_text("data:\n  image_size: 224\n  batch_size: 8\noptim:\n  lr: 1e-3\n")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(f"base: {base}\ndata:\n  batch_size: 16\n")
+    cfg = load_config(preset, ["--optim.lr=5e-4"])
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.optim.lr) == (224, 16, 5e-4)  # base < preset < CLI
+    coco = load_config("mulcon_stage1_mscoco")
+    assert (coco.data.dataset, coco.optim.pct_start, coco.data.image_size) == ("mscoco", 0.2, 448)
+    base.write_text(f"base: {preset}\n")
+    with pytest.raises(ConfigError, match=r"base must name one other config file, without cycles"):
+        load_config(preset)
+    base.write_text("data:\n  imagesize: 3\n")
+    with pytest.raises(ConfigError, match=r"mybase.yaml: unknown config key 'data.imagesize'"):
+        load_config(preset)

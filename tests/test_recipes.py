@@ -25,7 +25,6 @@ from fastmlic.data import Batch
 from fastmlic.engine import combine_terms
 from fastmlic.models import HEADS
 from fastmlic.recipes import RECIPES, StepContext, Term
-from fastmlic.recipes.mulcon import label_contrastive_loss
 from fastmlic.recipes.standard import Standard
 from fastmlic.trainer import build_recipe, freeze_unused
 
@@ -37,7 +36,8 @@ def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
     path.write_text("model:\n  head: label_attention\nrecipe:\n  weight: 0.3\n  name: mulcon\n")
     cfg = load_config(path, ["--recipe.temperature=0.1"])  # name applies first, wherever it is written
     assert (cfg.recipe.name, cfg.recipe.weight, cfg.recipe.temperature) == ("mulcon", 0.3, 0.1)
-    assert cfg.to_dict()["recipe"] == {"name": "mulcon", "weight": 0.3, "temperature": 0.1, "proj_dim": 128}
+    assert cfg.to_dict()["recipe"] == {"name": "mulcon", "stage": 2, "weight": 0.3, "temperature": 0.1,
+                                       "proj_dim": 128, "init_ema": False}  # fmt: skip
     assert load_config(cfg.to_dict()) == cfg  # a checkpoint's config dict round-trips
     # another recipe on the command line starts from that recipe's defaults
     assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPES.lookup("standard").Config()
@@ -70,39 +70,6 @@ def test_help_lists_every_recipe_with_its_keys():
                 assert f"--recipe.{field}=" in text, (name, field)
 
 
-# --------------------------------------------------------------------------- MulCon's term
-
-
-def literal_label_contrastive(z, targets, temperature, ignore=None):
-    """The loss written as the paper states it, one anchor at a time."""
-    slots = [(b, c) for b in range(targets.shape[0]) for c in range(targets.shape[1])
-             if targets[b, c] > 0.5 and (ignore is None or not ignore[b, c])]  # fmt: skip
-    total = torch.zeros((), dtype=torch.float64)
-    for i, (bi, ci) in enumerate(slots):
-        others = [j for j in range(len(slots)) if j != i]
-        logits = torch.stack([z[bi, ci] @ z[slots[j][0], slots[j][1]] / temperature for j in others])
-        log_prob = logits - torch.logsumexp(logits, 0)
-        positives = [k for k, j in enumerate(others) if slots[j][1] == ci]
-        if positives:
-            total = total - log_prob[positives].mean()
-    return total / len(slots)
-
-
-def test_label_contrastive_loss_equals_a_literal_loop(rng):
-    z = F.normalize(torch.from_numpy(rng.normal(size=(5, 4, 8))), dim=-1).requires_grad_()
-    targets = torch.from_numpy(rng.random((5, 4)) < 0.5).double()
-    targets[0, 0] = targets[1, 0] = 1  # at least one anchor with a positive
-    ignore = torch.from_numpy(rng.random((5, 4)) < 0.2)
-    ignore[0, 0] = ignore[1, 0] = False
-    for mask in (None, ignore):
-        expected = literal_label_contrastive(z, targets, 0.2, mask)
-        actual = label_contrastive_loss(z, targets, 0.2, mask)
-        assert_close(actual, expected, torch.float32, "loss")
-        (g_actual,) = torch.autograd.grad(actual, z)
-        (g_expected,) = torch.autograd.grad(expected, z)
-        assert_close(g_actual, g_expected, torch.float32, "gradient")
-
-
 # --------------------------------------------------------------------------- DDP scaling
 
 
@@ -123,8 +90,8 @@ GLOBAL_BATCH = 8
 TERM_KINDS = {  # the recipe and the config that give each kind of term
     "sum (ASL)": ["--recipe.name=standard", "--loss.name=asl", "--loss.reduction=sum"],
     "mean (BCE)": ["--recipe.name=standard", "--loss.name=bce", "--loss.reduction=mean"],
-    "global (label contrastive over gathered slots)": ["--recipe.name=mulcon", "--loss.name=bce",
-                                                       "--loss.reduction=mean", "--recipe.weight=2.0"],
+    "global (label contrastive over gathered slots, two views)": [
+        "--recipe.name=mulcon", "--loss.name=bce", "--loss.reduction=mean", "--recipe.weight=2.0"],
 }  # fmt: skip
 
 
@@ -135,7 +102,8 @@ def _toy_setup(kind: str):
     recipe = build_recipe(cfg, [f"c{i}" for i in range(5)])
     module = recipe.build_module()
     # as the trainer builds it: the backbone's own pooling norm, which these heads do not read, is frozen
-    assert freeze_unused(recipe, module, cfg, 1, torch.device("cpu"), "off") == [
+    views = recipe.data_request(cfg).views
+    assert freeze_unused(recipe, module, cfg, views, torch.device("cpu"), "off") == [
         "model.backbone.model.head.norm.weight", "model.backbone.model.head.norm.bias"]
     g = torch.Generator().manual_seed(1)
     images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g)
@@ -147,7 +115,8 @@ def _toy_setup(kind: str):
 def _grads_of_step(recipe, net, module, images, targets, world_size):
     ctx = StepContext(step=0, epoch=0, total_steps=1, device=torch.device("cpu"), amp="off", rank=0,
                       world_size=world_size)  # fmt: skip
-    batch = Batch([images], targets, None, [str(i) for i in range(len(images))])
+    # two views: MulCon's stage two puts both through one forward; the other terms read view 0
+    batch = Batch([images, images.flip(-1)], targets, None, [str(i) for i in range(len(images))])
     backward, _ = combine_terms(recipe.training_step(net, batch, ctx), world_size, 1)
     backward.backward()
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
@@ -317,4 +286,4 @@ def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon/label_attention"]
+    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2"]

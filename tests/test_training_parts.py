@@ -55,6 +55,18 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     assert lrs[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
 
 
+def test_step_schedule_decays_at_epoch_boundaries():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(schedule="step", lr=1.0, step_epochs=2, step_gamma=0.1), 60, 10)
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[19] == 1.0
+    assert lrs[20] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1) and lrs[40] == pytest.approx(0.01)
+
+
 def test_ema_arithmetic_with_and_without_warmup():
     model = torch.nn.Linear(3, 2)
     ema = ModelEmaV3(model, decay=0.9)

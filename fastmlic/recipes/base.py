@@ -7,6 +7,8 @@ A recipe declares, in its own file:
 - `build_module()`: the one trainable module. Everything that gets gradients runs in its single
   `forward`, so DDP, torch.compile, EMA and the optimiser see only it; `predict` gives the logits that
   evaluation, prediction and reports use;
+- `initial_weights(ckpt, what)`: which weights of `train.init_from` start the run (default: the
+  checkpoint's model weights; a later stage may take the EMA's, or insist on the same classes);
 - `teacher_paths()`: frozen models it reads (checkpoints of other runs); the trainer loads them once,
   frozen, in eval mode, outside DDP, the optimiser and EMA, and records them by path and sha256;
 - `training_step(net, batch, ctx)`: named loss `Term`s, each saying how it reduces over the batch;
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..checkpoint import Checkpoint
 from ..config import Config, ConfigError, RecipeConfig
 from ..data import Batch
 from ..losses import build_loss
@@ -138,6 +141,11 @@ class Recipe:
 
     def build_module(self) -> RecipeModule:
         return RecipeModule(build_model(self.cfg.model, len(self.classes)))
+
+    def initial_weights(self, ckpt: Checkpoint, what: str) -> dict:
+        """The state dict that `train.init_from` (`ckpt`, named `what` in errors) starts this run from;
+        per-class rows are then matched by class name."""
+        return ckpt.model
 
     def teacher_paths(self) -> dict[str, str]:
         return {}

@@ -1,33 +1,56 @@
-"""`mulcon`: label-level supervised contrastive learning beside the classification loss (Dao et al.,
-"Contrastively Enforcing Distinctiveness for Multi-label Image Classification", Neurocomputing 2023;
-official code SonDaoDuy/MulCon).
+"""`mulcon`: label-level contrastive learning in two stages (Dao et al., "Contrastively Enforcing
+Distinctiveness for Multi-label Image Classification", Neurocomputing 555, 2023; official code
+SonDaoDuy/MulCon, read for this file).
 
-The head gives one feature vector per label; a projector (Linear -> ReLU -> Linear, L2-normalised)
-maps it to the contrastive space. Every (image, positive label) slot of the batch is an anchor; its
-positives are the slots of the same label in other images. Under DDP the slots of every rank are
-gathered with their gradient, so the term sees the global batch as DataParallel did in the original.
+- Head `mulcon` (as `models/mab.py` ISABMultiLabel builds it): two set-attention blocks (SAB) over the
+  pixel tokens, a multihead attention block (MAB) whose queries are learnable label embeddings
+  (Xavier init) attending to the pixels, and a SAB over the label tokens, with layer norm: one
+  embedding per label. One linear classifier per label (the official Python list of nn.Linear(E, 1),
+  here one [C, E] weight). Linear layers start from N(0, 0.02) with zero bias (`init_net`).
+- Stage 1 (`recipe.stage: 1`): the classification loss only (the paper's BCE summed and divided by
+  B x C is `loss.name: bce, loss.reduction: mean`; ASL works too).
+- Stage 2 (`recipe.stage: 2`): starts from stage one's run (`train.init_from`, its EMA weights with
+  `recipe.init_ema`); two augmented views of every image go through one forward as 2B images with
+  duplicated targets; loss = classification + `weight` x contrastive, where the contrastive term is
+  supervised contrastive over every (image, positive label) slot, positives being the same label in
+  any other slot (other images and the other view), through `fastmlic.kernels.supcon_loss`. The
+  projector (Linear -> ReLU -> Linear to `proj_dim`, L2-normalised) exists in stage 2 only.
+- Under DDP the contrastive term sees the slots of the global batch (gathered with their gradient),
+  so N processes equal one process on the global batch, as DataParallel did in the original.
+- Backbone and attention blocks train at `optim.backbone_lr_factor` x lr (the official `lrp` 0.1);
+  classifiers and projector at lr.
+
+Where this differs from the official code, on purpose: weight decay skips biases and norm weights
+(the trainer's rule; the original decays every parameter); the schedule steps per iteration (the
+original steps per epoch; the presets' step decay lands at the same epochs); Cutout follows the
+dataset config (optional in the original).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RecipeConfig, option
+from ..checkpoint import Checkpoint, class_difference
+from ..config import ConfigError, RecipeConfig, option
 from ..distributed import gather_with_grad
 from ..kernels import supcon_loss
-from .base import RECIPES, Recipe, RecipeModule, Term
+from ..models import HEADS, Features
+from .base import RECIPES, DataRequest, Recipe, RecipeModule, Term
 
 
 @dataclass
 class MulConConfig(RecipeConfig):
     name: str = option("mulcon", "training recipe (fastmlic/recipes); its keys are listed below")
-    weight: float = option(0.5, "weight of the label-level contrastive term (the classification term has 1)")
-    temperature: float = option(0.2, "temperature of the contrastive term (MulCon: 0.2)")
-    proj_dim: int = option(128, "width of the projector's output, the contrastive space")
+    stage: int = option(2, "1: classification only; 2: + the contrastive term on two views (from stage 1)")
+    weight: float = option(0.5, "stage 2: weight of the contrastive term (the classification term has 1)")
+    temperature: float = option(0.2, "stage 2: temperature of the contrastive term")
+    proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space")
+    init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
 
 
 def label_contrastive_loss(
@@ -37,9 +60,10 @@ def label_contrastive_loss(
     ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Supervised contrastive loss over label slots. `embeddings` [B, C, P] L2-normalised, `targets`
-    [B, C] multi-hot, `ignore` [B, C] bool or None. Anchors are the slots with target 1 that are not
-    ignored; positives of an anchor are the other anchors of the same label; the denominator runs over
-    every other anchor. Returns the mean over anchors (an anchor without positives adds 0), fp32."""
+    [B, C] multi-hot (the rows of two views stacked as 2B), `ignore` [B, C] bool or None. Anchors are
+    the slots with target 1 that are not ignored; positives of an anchor are the other anchors of the
+    same label; the denominator runs over every other anchor. Returns the mean over anchors (an
+    anchor without positives adds 0), fp32."""
     selected = targets > 0.5
     if ignore is not None:
         selected &= ~ignore
@@ -48,40 +72,169 @@ def label_contrastive_loss(
                        base_temperature=temperature)  # fmt: skip
 
 
+# --------------------------------------------------------------------------- the head
+
+
+def _init_linear(module: nn.Module) -> None:
+    """The official `init_net`: every Linear layer N(0, 0.02), zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class MAB(nn.Module):
+    """Set Transformer's multihead attention block as MulCon's code writes it: queries, keys and values
+    projected to `dim`; the softmax scaled by the whole width sqrt(dim) (not per head); the projected
+    queries added back; layer norm; a ReLU feed-forward residual; layer norm. Heads are split over the
+    channels, head h holding channels [h * dim / heads, (h + 1) * dim / heads)."""
+
+    def __init__(self, dim_q: int, dim_k: int, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"mulcon head: width {dim} is not divisible by model.heads={heads}")
+        self.dim, self.heads = dim, heads
+        self.fc_q, self.fc_k, self.fc_v = nn.Linear(dim_q, dim), nn.Linear(dim_k, dim), nn.Linear(dim_k, dim)
+        self.ln0, self.ln1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc_o = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, dim] -> [B, heads, N, dim / heads]
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, need_weights: bool = False):
+        q = self._split(self.fc_q(q))
+        key, value = self._split(self.fc_k(k)), self._split(self.fc_v(k))
+        scale = 1 / math.sqrt(self.dim)
+        weights = None
+        if need_weights:
+            weights = torch.softmax(q @ key.transpose(-2, -1) * scale, dim=-1)
+            attended = weights @ value
+        else:
+            attended = F.scaled_dot_product_attention(q, key, value, scale=scale)
+        out = self.ln0((q + attended).transpose(1, 2).flatten(2))
+        out = self.ln1(out + F.relu(self.fc_o(out)))
+        return out, (weights.mean(1) if need_weights else None)  # attention averaged over heads
+
+
+class SAB(MAB):
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim, dim, dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, x)[0]
+
+
+@HEADS.register("mulcon")
+class MulConHead(nn.Module):
+    """SAB -> SAB over the pixel tokens, label queries -> MAB over the pixels, SAB over the labels."""
+
+    outputs = ("logits", "label_features", "attention")
+    per_class = ("queries", "class_weight", "class_bias")
+
+    def __init__(self, num_features: int, num_classes: int, embed_dim: int = 1024, heads: int = 4, **_):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.pixels = nn.Sequential(SAB(num_features, heads), SAB(num_features, heads))
+        self.mab = MAB(embed_dim, num_features, embed_dim, heads)
+        self.labels = SAB(embed_dim, heads)
+        self.class_weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.class_bias = nn.Parameter(torch.zeros(num_classes))
+        _init_linear(self)
+        nn.init.normal_(self.class_weight, 0.0, 0.02)
+        self.queries = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.xavier_uniform_(self.queries.view(1, num_classes, embed_dim))  # the official [1, C, E]
+
+    def forward(self, features: Features, return_attention: bool = False) -> dict:
+        x = self.pixels(features.tokens)
+        queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+        h, attention = self.mab(queries, x, need_weights=return_attention)
+        h = self.labels(h)  # [B, C, E]
+        out = {"logits": (h * self.class_weight).sum(-1) + self.class_bias, "label_features": h}
+        if return_attention:
+            out["attention"] = attention  # [B, C, N]
+        return out
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
 class MulConModule(RecipeModule):
-    def __init__(self, model, embed_dim: int, proj_dim: int):
+    """The MLIC model, plus the projector in stage 2."""
+
+    def __init__(self, model, proj_dim: int | None):
         super().__init__(model)
-        self.projector = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
-                                       nn.Linear(embed_dim, proj_dim))  # fmt: skip
+        self.projector = None
+        if proj_dim is not None:
+            width = model.head.embed_dim
+            self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
+                                           nn.Linear(width, proj_dim))  # fmt: skip
+            _init_linear(self.projector)
 
     def forward(self, images: torch.Tensor) -> dict:
         out = self.model(images)
-        out["label_embeddings"] = F.normalize(self.projector(out["label_features"]), dim=-1)
+        if self.projector is not None:
+            out["label_embeddings"] = F.normalize(self.projector(out["label_features"]), dim=-1)
         return out
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The backbone and the head's attention train at optim.backbone_lr_factor x lr (the official
+        lrp); the per-label classifiers and the projector at lr."""
+        classifier = {id(self.model.head.class_weight), id(self.model.head.class_bias)}
+        attention = [p for p in self.model.head.parameters() if id(p) not in classifier]
+        return self.model.backbone_parameters() + attention
 
 
 @RECIPES.register("mulcon")
 class MulCon(Recipe):
-    """Classification plus MulCon's label-level contrastive term on per-label embeddings."""
+    """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
 
     Config = MulConConfig
     head_outputs = ("logits", "label_features")
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        r = cfg.recipe
+        if r.stage not in (1, 2):
+            raise ConfigError(f"recipe.stage={r.stage} must be 1 or 2")
+        if r.init_ema and not (r.stage == 2 and cfg.train.init_from):
+            raise ConfigError("recipe.init_ema needs recipe.stage=2 and train.init_from (stage 1's last.pt)")
+
+    @classmethod
+    def data_request(cls, cfg) -> DataRequest:
+        views = 2 if cfg.recipe.stage == 2 else 1
+        return DataRequest(views=views, classes=list(cfg.data.classes) or None)
+
     def build_module(self) -> MulConModule:
-        module = super().build_module()
-        return MulConModule(module.model, module.model.head.embed_dim, self.cfg.recipe.proj_dim)
+        model = super().build_module().model
+        return MulConModule(model, self.cfg.recipe.proj_dim if self.cfg.recipe.stage == 2 else None)
+
+    def initial_weights(self, ckpt: Checkpoint, what: str) -> dict:
+        if self.cfg.recipe.stage == 2:  # stage two continues stage one: the same classes, in order
+            difference = class_difference(self.classes, ckpt.classes)
+            if difference:
+                raise ValueError(f"{what}: stage two needs stage one's classes; {difference}")
+        if not self.cfg.recipe.init_ema:
+            return ckpt.model
+        if ckpt.ema is None:
+            raise ValueError(f"{what}: recipe.init_ema asks for EMA weights, which this checkpoint does "
+                             "not hold (use stage one's last.pt, trained with ema.enabled)")
+        return {k.removeprefix("module."): v for k, v in ckpt.ema.items()}  # ModelEmaV3 keeps .module
 
     def training_step(self, net, batch, ctx) -> dict[str, Term]:
-        out = net(batch.images)
-        r = self.cfg.recipe
+        if self.cfg.recipe.stage == 1:
+            return {"cls": self.classification(net(batch.images)["logits"], batch)}
+        r, views = self.cfg.recipe, len(batch.views)
+        out = net(torch.cat(batch.views))  # one forward of V x B images
+        targets = batch.targets.repeat(views, 1)
+        ignore = batch.ignore.repeat(views, 1) if batch.ignore is not None else None
+        cls = self.criterion(out["logits"], targets, ignore)
         # every rank's slots, differentiable for this rank's: the term of the global batch
         embeddings = gather_with_grad(out["label_embeddings"], ctx.world_size)
-        targets = gather_with_grad(batch.targets, ctx.world_size)
-        ignore = None
-        if batch.ignore is not None and self.cfg.loss.use_ignore:
-            ignore = gather_with_grad(batch.ignore.to(torch.uint8), ctx.world_size).bool()
-        contrastive = label_contrastive_loss(embeddings.float(), targets, r.temperature, ignore)
-        return {
-            "cls": self.classification(out["logits"], batch),
-            "contrastive": Term(contrastive, "global", weight=r.weight),
-        }
+        all_targets = gather_with_grad(targets, ctx.world_size)
+        all_ignore = None
+        if ignore is not None and self.cfg.loss.use_ignore:
+            all_ignore = gather_with_grad(ignore.to(torch.uint8), ctx.world_size).bool()
+        contrastive = label_contrastive_loss(embeddings.float(), all_targets, r.temperature, all_ignore)
+        return {"cls": Term(cls, self.criterion.reduction),
+                "contrastive": Term(contrastive, "global", weight=r.weight)}  # fmt: skip

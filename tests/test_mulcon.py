@@ -1,0 +1,186 @@
+"""MulCon (recipes/mulcon.py): the head as the official code builds it, the contrastive term against
+a literal loop, the two-view step, the stage rules, and both stages end to end on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import rawdata
+import torch
+import torch.nn.functional as F
+from conftest import assert_close
+
+from fastmlic import train
+from fastmlic.config import ConfigError, ModelConfig, load_config
+from fastmlic.data import Batch
+from fastmlic.models import build_model
+from fastmlic.recipes import StepContext
+from fastmlic.recipes import mulcon as mulcon_module
+from fastmlic.recipes.mulcon import MAB, label_contrastive_loss
+from fastmlic.trainer import build_recipe
+
+# --------------------------------------------------------------------------- the term
+
+
+def literal_label_contrastive(z, targets, temperature, ignore=None):
+    """The loss written as the paper states it, one anchor at a time."""
+    slots = [(b, c) for b in range(targets.shape[0]) for c in range(targets.shape[1])
+             if targets[b, c] > 0.5 and (ignore is None or not ignore[b, c])]  # fmt: skip
+    total = torch.zeros((), dtype=torch.float64)
+    for i, (bi, ci) in enumerate(slots):
+        others = [j for j in range(len(slots)) if j != i]
+        logits = torch.stack([z[bi, ci] @ z[slots[j][0], slots[j][1]] / temperature for j in others])
+        log_prob = logits - torch.logsumexp(logits, 0)
+        positives = [k for k, j in enumerate(others) if slots[j][1] == ci]
+        if positives:
+            total = total - log_prob[positives].mean()
+    return total / len(slots)
+
+
+def test_label_contrastive_loss_equals_a_literal_loop(rng):
+    z = F.normalize(torch.from_numpy(rng.normal(size=(5, 4, 8))), dim=-1).requires_grad_()
+    targets = torch.from_numpy(rng.random((5, 4)) < 0.5).double()
+    targets[0, 0] = targets[1, 0] = 1  # at least one anchor with a positive
+    ignore = torch.from_numpy(rng.random((5, 4)) < 0.2)
+    ignore[0, 0] = ignore[1, 0] = False
+    for mask in (None, ignore):
+        expected = literal_label_contrastive(z, targets, 0.2, mask)
+        actual = label_contrastive_loss(z, targets, 0.2, mask)
+        assert_close(actual, expected, torch.float32, "loss")
+        (g_actual,) = torch.autograd.grad(actual, z)
+        (g_expected,) = torch.autograd.grad(expected, z)
+        assert_close(g_actual, g_expected, torch.float32, "gradient")
+
+
+# --------------------------------------------------------------------------- the head
+
+
+def official_mab(mab: MAB, Q, K):
+    """models/mab.py MABMultiLabel.forward, transcribed: heads concatenated along the batch."""
+    Q = mab.fc_q(Q)
+    K, V = mab.fc_k(K), mab.fc_v(K)
+    dim_split = mab.dim // mab.heads
+    Q_, K_, V_ = (torch.cat(t.split(dim_split, 2), 0) for t in (Q, K, V))
+    A = torch.softmax(Q_.bmm(K_.transpose(1, 2)) / math.sqrt(mab.dim), 2)
+    out = torch.cat((Q_ + A.bmm(V_)).split(Q.size(0), 0), 2)
+    out = mab.ln0(out)
+    out = out + F.relu(mab.fc_o(out))
+    return mab.ln1(out), A
+
+
+def test_the_attention_block_computes_what_the_official_one_does(rng):
+    torch.manual_seed(0)
+    mab = MAB(dim_q=12, dim_k=20, dim=16, heads=4).double()
+    q = torch.from_numpy(rng.normal(size=(3, 5, 12)))
+    k = torch.from_numpy(rng.normal(size=(3, 9, 20)))
+    expected, attention = official_mab(mab, q, k)
+    out, weights = mab(q, k, need_weights=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(mab(q, k)[0], expected)  # the fused path (no weights) agrees
+    torch.testing.assert_close(weights, attention.view(4, 3, 5, 9).mean(0))  # heads were batch-major
+
+
+@pytest.mark.parametrize("backbone,size", [("test_resnet", 64), ("test_vit", 160)])
+def test_the_mulcon_head_on_cnn_and_vit_backbones(backbone, size):
+    model = build_model(ModelConfig(backbone=backbone, head="mulcon", embed_dim=32, heads=4), 7)
+    images = torch.randn(3, 3, size, size).to(memory_format=torch.channels_last)
+    out = model(images, return_attention=True)
+    h, w = out["grid"]
+    assert out["logits"].shape == (3, 7) and out["label_features"].shape == (3, 7, 32)
+    assert out["attention"].shape == (3, 7, h * w)
+    torch.testing.assert_close(out["attention"].sum(-1), torch.ones(3, 7))
+    (out["logits"].sum() + out["label_features"].sum()).backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    head = model.head
+    assert head.class_weight.std().item() == pytest.approx(0.02, rel=0.3)  # the official N(0, 0.02)
+    assert torch.all(head.class_bias == 0) and torch.all(head.mab.fc_q.bias == 0)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def test_stage_two_puts_both_views_through_one_forward_and_contrasts_their_present_labels(monkeypatch):
+    cfg = load_config("digits", ["--model.backbone=test_resnet", "--model.head=mulcon",
+                                 "--model.embed_dim=16", "--model.heads=2", "--recipe.name=mulcon",
+                                 "--loss.name=bce", "--loss.reduction=mean"])  # fmt: skip
+    recipe = build_recipe(cfg, [f"c{i}" for i in range(4)])
+    module = recipe.build_module()
+    seen = {}
+
+    def spy(embeddings, targets, temperature, ignore):
+        seen.update(embeddings=embeddings, targets=targets, ignore=ignore, temperature=temperature)
+        return label_contrastive_loss(embeddings, targets, temperature, ignore)
+
+    monkeypatch.setattr(mulcon_module, "label_contrastive_loss", spy)
+    calls = []
+    net = lambda images: calls.append(images) or module(images)  # noqa: E731
+    v0, v1 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 1]]).float()
+    ignore = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]]).bool()
+    ctx = StepContext(step=0, epoch=0, total_steps=1, device=torch.device("cpu"), amp="off", rank=0,
+                      world_size=1)  # fmt: skip
+    terms = recipe.training_step(net, Batch([v0, v1], targets, ignore, ["a", "b", "c"]), ctx)
+    assert len(calls) == 1 and torch.equal(calls[0], torch.cat([v0, v1]))  # one forward of 2B images
+    assert torch.equal(seen["targets"], torch.cat([targets, targets]))  # each view keeps its labels
+    assert torch.equal(seen["ignore"], torch.cat([ignore, ignore]))
+    assert seen["embeddings"].shape == (6, 4, 128) and seen["temperature"] == 0.2
+    assert (terms["contrastive"].reduction, terms["contrastive"].weight) == ("global", 0.5)
+    logits = module(torch.cat([v0, v1]))["logits"]  # same weights, same inputs: the same logits
+    expected = F.binary_cross_entropy_with_logits(logits, torch.cat([targets, targets]), reduction="none")
+    expected = expected[~torch.cat([ignore, ignore])].mean()  # BCE mean: summed and divided by the cells
+    torch.testing.assert_close(terms["cls"].value, expected)
+    assert recipe.data_request(cfg).views == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--recipe.stage=3"], r"recipe.stage=3 must be 1 or 2"),
+        (["--recipe.init_ema=true"], r"recipe.init_ema needs recipe.stage=2 and train.init_from"),
+        (["--recipe.stage=1", "--recipe.init_ema=true", "--train.init_from=x.pt"], r"needs recipe.stage=2"),
+    ],
+)
+def test_stage_rules_are_checked_when_the_config_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mulcon_stage1_digits", ["--recipe.name=mulcon", *overrides])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return rawdata.digits_shards(tmp_path_factory.mktemp("mulcon"), 256, 96, 32)
+
+
+def test_both_stages_end_to_end_on_digits(shards, tmp_path):
+    tiny = [f"--data.shards={shards}", f"--train.out_dir={tmp_path}", "--data.image_size=32",
+            "--data.workers=0", "--data.backend=torch", "--model.embed_dim=32",
+            "--train.log_every=2"]  # fmt: skip
+    one = train.main(["--cfg", "mulcon_stage1_digits", *tiny, "--train.epochs=2"])
+    stage1 = tmp_path / "mulcon_stage1_digits"
+    assert one["epochs"] == 2 and (stage1 / "last.pt").is_file()
+    two = train.main(["--cfg", "mulcon_stage2_digits", *tiny, f"--train.init_from={stage1 / 'last.pt'}"])
+    stage2 = tmp_path / "mulcon_stage2_digits"
+    rows = [json.loads(x) for x in (stage2 / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert steps and all(r["loss"] == pytest.approx(r["loss_cls"] + 0.5 * r["loss_contrastive"], rel=1e-5)
+                         for r in steps)  # fmt: skip
+    log = (stage2 / "log.txt").read_text()
+    assert "4 tensors not in the checkpoint keep their initialisation (projector." in log  # all else loaded
+    assert two["epochs"] == 2 and two["best"]["mAP"] > 0
+    # stage two starts from stage one's EMA weights: at lr 0 it still holds exactly those
+    train.main(["--cfg", "mulcon_stage2_digits", *tiny, f"--train.init_from={stage1 / 'last.pt'}",
+                "--train.name=lr0", "--optim.lr=0", "--train.epochs=1"])  # fmt: skip
+    stage1_ema = torch.load(stage1 / "last.pt", weights_only=False)["ema"]
+    held = torch.load(tmp_path / "lr0" / "last.pt", weights_only=False)["model"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm statistics move at lr 0
+    loaded = [k for k in held if not k.startswith("projector.") and not k.endswith(buffers)]
+    assert len(loaded) > 20
+    for name in loaded:
+        assert torch.equal(held[name], stage1_ema[f"module.{name}"]), name
+    with pytest.raises(ValueError, match=r"stage two needs stage one's classes; 7 classes only in the chec"):
+        train.main(["--cfg", "mulcon_stage2_digits", *tiny, f"--train.init_from={stage1 / 'last.pt'}",
+                    "--data.classes=[0, 1, 2]", "--train.name=other"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"recipe.init_ema asks for EMA weights"):
+        train.main(["--cfg", "mulcon_stage2_digits", *tiny, f"--train.init_from={stage1 / 'best.pt'}",
+                    "--train.name=noema"])  # fmt: skip
