@@ -121,10 +121,10 @@ def load_weights(
     common = [c for c in ours if c in row_of]
     if not common:
         raise ValueError(f"{what}: {len(theirs)} classes, the shards have {len(ours)}; none in common")
-    own = module.state_dict()
     if strict:
         module.load_state_dict(state)
         return []
+    own = module.state_dict()
     notes = [f"{what}: {difference}; those keep their initialisation"] if difference else []
     col_of = {c: i for i, c in enumerate(ours)}
     src = torch.tensor([row_of[c] for c in common])

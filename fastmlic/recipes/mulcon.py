@@ -28,6 +28,7 @@ dataset config (optional in the original).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -202,8 +203,7 @@ class MulCon(Recipe):
 
     @classmethod
     def data_request(cls, cfg) -> DataRequest:
-        views = 2 if cfg.recipe.stage == 2 else 1
-        return DataRequest(views=views, classes=list(cfg.data.classes) or None)
+        return dataclasses.replace(super().data_request(cfg), views=2 if cfg.recipe.stage == 2 else 1)
 
     def build_module(self) -> MulConModule:
         model = super().build_module().model
