@@ -7,9 +7,10 @@ peak memory and wall time per row, from the trainer itself (`fastmlic/train.py`)
     python benchmarks/recipes.py --quick                         # tiny digits set, one epoch (CI smoke)
 
 A row is a config (a digits preset) with overrides; `standard/label_attention` separates a head's
-effect from a recipe's. Every row trains `--epochs` epochs from random init, except a row that
-continues another row's run (a later stage), which adds its preset's epochs on top of that run: its
-epochs column counts only its own. Extra `--section.key=value` arguments apply to every row.
+effect from a recipe's, `coco/no-contrastive` a term's. Every row trains `--epochs` epochs from random
+init, except a row that continues another row's run (a later stage), which adds its preset's epochs on
+top of that run: its epochs column counts only its own. Extra `--section.key=value` arguments apply
+to every row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: E402
 
@@ -31,6 +34,8 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "standard/label_attention": ("digits", ["--model.head=label_attention"], None),
     "mulcon-stage1": ("mulcon_stage1_digits", [], None),
     "mulcon-stage2": ("mulcon_stage2_digits", [], "mulcon-stage1"),
+    "coco": ("coco_digits", [], None),
+    "coco/no-contrastive": ("coco_digits", ["--recipe.weight=0"], None),  # the same head, ASL alone
 }
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly
 
@@ -53,7 +58,10 @@ def run_row(work: Path, name: str, args: list[str]) -> dict:
     epochs = [r for r in rows if r["kind"] == "epoch"]
     raw = max(r["raw_mAP"] for r in epochs)
     ema = max((r["ema_mAP"] for r in epochs if "ema_mAP" in r), default=float("nan"))
-    return {"row": name, "best_mAP": f"{max(raw, ema if ema == ema else raw):.4f}", "raw_mAP": f"{raw:.4f}",
+    # best: what the run keeps in best.pt, which train.select_from may restrict to raw or EMA weights
+    select_from = yaml.safe_load((work / folder / "config.yaml").read_text())["train"]["select_from"]
+    best = {"raw": raw, "ema": ema}.get(select_from, max(raw, ema if ema == ema else raw))
+    return {"row": name, "best_mAP": f"{best:.4f}", "raw_mAP": f"{raw:.4f}",
             "ema_mAP": f"{ema:.4f}", "epochs": len(epochs), "images_per_s": epochs[-1]["images_per_s"],
             "peak_memory_mb": round(max(r["peak_memory_mb"] for r in epochs)), "wall_s": seconds}  # fmt: skip
 

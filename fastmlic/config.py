@@ -87,7 +87,9 @@ class ModelConfig:
     pretrained_path: str | None = option(None, "load backbone weights from this local file instead")
     head: str = option("linear", "classification head by name: linear, label_attention, or one a recipe adds")
     drop_rate: float = option(0.0, "dropout before the classifier")
-    embed_dim: int = option(512, "label-level heads: width of the label queries and per-label features")
+    embed_dim: int = option(
+        512, "label-level heads: width of the label queries and per-label features (0: the backbone's width)"
+    )
     heads: int = option(4, "label-level heads: attention heads")
 
 
@@ -138,6 +140,9 @@ class TrainConfig:
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across DDP ranks")
     threshold: float = option(0.5, "score threshold for CP/CR/CF1/OP/OR/OF1")
     patience: int = option(0, "stop when the headline mAP has not improved for this many epochs (0: never)")
+    select_from: Literal["both", "raw", "ema"] = option(
+        "both", "weights that count for best.pt and early stopping: the better of raw and EMA, or one"
+    )
     stop_after: int = option(0, "end this invocation after this many epochs; --resume continues (0: never)")
     init_from: str | None = option(None, "initialise the model from this checkpoint (e.g. a stage-one run)")
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder")
@@ -394,11 +399,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.pct_start={cfg.optim.pct_start} must be in (0, 1)")
     if not 0 <= cfg.ema.decay < 1:
         raise ConfigError(f"ema.decay={cfg.ema.decay} must be in [0, 1)")
+    if cfg.train.select_from == "ema" and not cfg.ema.enabled:
+        raise ConfigError("train.select_from=ema needs ema.enabled=true")
     if cfg.optim.accumulate < 1:
         raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} must be at least 1")
     if len(set(d.classes)) != len(d.classes):
         duplicates = sorted({c for c in d.classes if d.classes.count(c) > 1})
         raise ConfigError(f"data.classes names {', '.join(duplicates)} more than once")
+    if cfg.model.embed_dim < 0:
+        raise ConfigError(f"model.embed_dim={cfg.model.embed_dim} must be positive (0: the backbone's width)")
     if cfg.model.embed_dim % cfg.model.heads:
         raise ConfigError(f"model.embed_dim={cfg.model.embed_dim} must be divisible by model.heads")
     if cfg.model.pretrained and cfg.model.pretrained_path:

@@ -263,7 +263,8 @@ class Trainer:
         metrics = {name: evaluate(m, self.val_loader, threshold=cfg.train.threshold,
                                   headline=cfg.train.map_flavour, **where)
                    for name, m in evals.items()}  # fmt: skip
-        best_name = max(metrics, key=lambda n: metrics[n]["mAP"])
+        candidates = [n for n in metrics if cfg.train.select_from in ("both", n)]
+        best_name = max(candidates, key=lambda n: metrics[n]["mAP"])
         s.best_raw = max(s.best_raw, metrics["raw"]["mAP"])
         s.best_ema = max(s.best_ema, metrics["ema"]["mAP"] if "ema" in metrics else -1.0)
         improved = metrics[best_name]["mAP"] > s.best_map

@@ -87,17 +87,22 @@ def test_each_reduction_has_the_scale_that_makes_n_ranks_one_process():
 
 
 GLOBAL_BATCH = 8
+LABEL_ATTENTION = "--model.head=label_attention"
 TERM_KINDS = {  # the recipe and the config that give each kind of term
-    "sum (ASL)": ["--recipe.name=standard", "--loss.name=asl", "--loss.reduction=sum"],
-    "mean (BCE)": ["--recipe.name=standard", "--loss.name=bce", "--loss.reduction=mean"],
+    "sum (ASL)": [LABEL_ATTENTION, "--recipe.name=standard", "--loss.name=asl", "--loss.reduction=sum"],
+    "mean (BCE)": [LABEL_ATTENTION, "--recipe.name=standard", "--loss.name=bce", "--loss.reduction=mean"],
     "global (label contrastive over gathered slots, two views)": [
-        "--recipe.name=mulcon", "--loss.name=bce", "--loss.reduction=mean", "--recipe.weight=2.0"],
+        LABEL_ATTENTION, "--recipe.name=mulcon", "--loss.name=bce", "--loss.reduction=mean",
+        "--recipe.weight=2.0"],
+    "mean (contrastive co-occurrence per image, ASL x 1000 mean)": [
+        "--model.head=cooccurrence", "--recipe.name=coco", "--loss.reduction=mean", "--loss.scale=1000",
+        "--recipe.weight=2.0", "--recipe.dropout=0", "--recipe.feedforward=32", "--recipe.num_steps=2"],
 }  # fmt: skip
 
 
 def _toy_setup(kind: str):
-    cfg = load_config("digits", ["--model.backbone=test_convnext", "--model.head=label_attention",
-                                 "--model.embed_dim=16", "--model.heads=2", *TERM_KINDS[kind]])  # fmt: skip
+    cfg = load_config("digits", ["--model.backbone=test_convnext", "--model.embed_dim=16", "--model.heads=2",
+                                 *TERM_KINDS[kind]])  # fmt: skip
     torch.manual_seed(0)
     recipe = build_recipe(cfg, [f"c{i}" for i in range(5)])
     module = recipe.build_module()
@@ -286,4 +291,5 @@ def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2"]
+    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2",
+                    "coco", "coco/no-contrastive"]  # fmt: skip

@@ -202,9 +202,31 @@ def test_early_stopping_by_patience(shards, tmp_path, monkeypatch):
         return m
 
     monkeypatch.setattr(fastmlic.engine, "multilabel_metrics", flat)
-    run_train(shards, tmp_path, "p", "--train.epochs=5", "--train.patience=2", "--ema.enabled=false")
+    run_train(shards, tmp_path, "p", "--train.epochs=4", "--train.patience=2", "--ema.enabled=false")
     assert len(epochs(tmp_path / "p")) == 3
     assert "early stop" in (tmp_path / "p" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("select_from, epochs_run, source", [("ema", 3, "ema"), ("both", 4, "raw")])
+def test_select_from_decides_which_weights_count_for_best_and_early_stopping(
+    shards, tmp_path, monkeypatch, select_from, epochs_run, source
+):
+    import fastmlic.engine
+
+    real, calls = fastmlic.engine.multilabel_metrics, []
+
+    def raw_improves_ema_does_not(*args, **kwargs):  # each epoch evaluates raw, then EMA
+        m = real(*args, **kwargs)
+        calls.append(None)
+        epoch, is_ema = divmod(len(calls) - 1, 2)
+        m["mAP"] = 0.5 if is_ema else 0.6 + 0.01 * epoch
+        return m
+
+    monkeypatch.setattr(fastmlic.engine, "multilabel_metrics", raw_improves_ema_does_not)
+    run_train(shards, tmp_path, "s", "--train.epochs=4", "--train.patience=2",
+              f"--train.select_from={select_from}")  # fmt: skip
+    assert len(epochs(tmp_path / "s")) == epochs_run
+    assert torch.load(tmp_path / "s" / "best.pt", weights_only=False)["source"] == source
 
 
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "standard_digits_losses.json").read_text())

@@ -32,9 +32,10 @@ class MLICModel(nn.Module):
         return [f"head.{name}" for name in getattr(self.head, "per_class", ())]
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> MLICModel:
+def build_model(cfg: ModelConfig, num_classes: int, **head_options) -> MLICModel:
+    """`head_options`: keyword arguments a recipe gives its own head, beyond the `model` section's."""
     backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path)
     head_type = HEADS.lookup(cfg.head)
-    head = head_type(backbone.num_features, num_classes, embed_dim=cfg.embed_dim, heads=cfg.heads,
-                     drop_rate=cfg.drop_rate)  # fmt: skip
+    head = head_type(backbone.num_features, num_classes, embed_dim=cfg.embed_dim or backbone.num_features,
+                     heads=cfg.heads, drop_rate=cfg.drop_rate, **head_options)  # fmt: skip
     return MLICModel(backbone, head)
