@@ -7,10 +7,11 @@ peak memory and wall time per row, from the trainer itself (`fastmlic/train.py`)
     python benchmarks/recipes.py --quick                         # tiny digits set, one epoch (CI smoke)
 
 A row is a config (a digits preset) with overrides; `standard/label_attention` separates a head's
-effect from a recipe's, `coco/no-contrastive` a term's. Every row trains `--epochs` epochs from random
-init, except a row that continues another row's run (a later stage), which adds its preset's epochs on
-top of that run: its epochs column counts only its own. Extra `--section.key=value` arguments apply
-to every row.
+effect from a recipe's, `coco/no-contrastive` a term's, `sgre/random-embeddings` the class names'.
+Every row trains `--epochs` epochs from random init, except a row that continues another row's run (a
+later stage), which adds its preset's epochs on top of that run: its epochs column counts only its
+own. Rows that read class-name embeddings get them written beside the shards first. Extra
+`--section.key=value` arguments apply to every row.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "mulcon-stage2": ("mulcon_stage2_digits", [], "mulcon-stage1"),
     "coco": ("coco_digits", [], None),
     "coco/no-contrastive": ("coco_digits", ["--recipe.weight=0"], None),  # the same head, ASL alone
+    "sgre": ("sgre_digits", [], None),
+    "sgre/random-embeddings": ("sgre_digits", ["--recipe.embeddings=random"], None),  # no semantics
 }
+EMBEDDINGS = {"sgre": "minilm", "sgre/random-embeddings": "random"}  # rows that read class-name embeddings
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly
 
 
@@ -45,6 +49,13 @@ def tiny_digits(out: Path) -> Path:
                     "--out", str(out), "--digits-train", "256", "--digits-val", "96", "--digits-size", "32"],
                    check=True, capture_output=True)  # fmt: skip
     return out
+
+
+def write_embeddings(shards: Path, backend: str) -> None:
+    """The class-name embeddings a row reads, beside the shards, unless they are there already."""
+    if not (shards / "digits" / f"label_embeddings.{backend}.npy").is_file():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits",
+                        "--shards", str(shards), "--backend", backend], check=True)  # fmt: skip
 
 
 def run_row(work: Path, name: str, args: list[str]) -> dict:
@@ -82,6 +93,9 @@ def main() -> None:
         epochs = 1
         budget = ["--data.image_size=32", "--data.batch_size=32", "--data.workers=0", "--model.embed_dim=64",
                   f"--data.shards={tiny_digits(work / 'shards')}"]  # fmt: skip
+    given = [a.split("=", 1)[1] for a in budget + overrides if a.startswith("--data.shards=")]
+    for backend in sorted({EMBEDDINGS[r] for r in rows if r in EMBEDDINGS}):
+        write_embeddings(Path(given[-1] if given else "shards"), backend)
     results = []
     for name in rows:
         config, row_args, continues = ROWS[name]

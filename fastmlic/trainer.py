@@ -70,7 +70,7 @@ def load_for_inference(path: str | Path, overrides: list[str], device: torch.dev
     command-line `overrides` of that config (e.g. --data.shards)."""
     ckpt = load_checkpoint(path)
     cfg = load_config(ckpt.config, overrides, source=f"{path} (its config)")
-    module = build_recipe(cfg, ckpt.classes).build_module()
+    module = build_recipe(cfg, ckpt.classes).build_module(trained=ckpt.model)
     load_weights(module, ckpt.model, ckpt.classes, ckpt.classes, [], str(path))
     module = module.to(device, memory_format=memory_format(cfg)).eval()
     return Inference(module, cfg, ckpt, resolve_amp(cfg.train.amp, device))

@@ -170,6 +170,10 @@ def fits(head: str, recipe: str) -> bool:
     return all(o in HEADS[head].outputs for o in RECIPES[recipe].head_outputs)
 
 
+def gives(head: str, recipe: str) -> bool:
+    return all(n in RECIPES[recipe].head_inputs for n in getattr(HEADS[head], "needs", ()))
+
+
 @pytest.mark.dist
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("head", list(HEADS))
@@ -179,6 +183,14 @@ def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards
         with pytest.raises(ConfigError, match=f"model.head={head} does not give"):
             load_config("digits", args[2:])
         return
+    if not gives(head, recipe):
+        with pytest.raises(ConfigError, match=f"model.head={head} needs .* which recipe.name={recipe}"):
+            load_config("digits", args[2:])
+        return
+    if "embeddings" in RECIPES[recipe].head_inputs:  # class-name embeddings beside the shards
+        tool = [sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits", "--shards"]
+        subprocess.run([*tool, str(shards), "--backend", "random"], check=True, capture_output=True)
+        args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     result = subprocess.run(
         [torchrun, "--nproc_per_node=2", "--master_port=29541", str(ROOT / "fastmlic" / "train.py"), *args],
@@ -292,4 +304,4 @@ def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2",
-                    "coco", "coco/no-contrastive"]  # fmt: skip
+                    "coco", "coco/no-contrastive", "sgre", "sgre/random-embeddings"]  # fmt: skip

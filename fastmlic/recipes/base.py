@@ -4,9 +4,11 @@ A recipe declares, in its own file:
 - `Config`: its typed config dataclass (a `RecipeConfig`), selected by `recipe: {name: NAME, ...}`;
 - `check(cfg)`: cross-field checks at load time (e.g. the head must give per-label features);
 - `data_request(cfg)`: what it needs from the loaders: augmented views per image, a class subset;
-- `build_module()`: the one trainable module. Everything that gets gradients runs in its single
+- `build_module(trained)`: the one trainable module. Everything that gets gradients runs in its single
   `forward`, so DDP, torch.compile, EMA and the optimiser see only it; `predict` gives the logits that
-  evaluation, prediction and reports use;
+  evaluation, prediction and reports use. `trained` is a checkpoint's weights when the module is
+  rebuilt for inference: what was fixed when training started (e.g. label embeddings) comes from it;
+- `head_inputs`: what it hands its head beyond the `model` section (a head lists what it `needs`);
 - `initial_weights(ckpt, what)`: which weights of `train.init_from` start the run (default: the
   checkpoint's model weights; a later stage may take the EMA's, or insist on the same classes);
 - `teacher_paths()`: frozen models it reads (checkpoints of other runs); the trainer loads them once,
@@ -118,6 +120,7 @@ class Recipe:
 
     Config: ClassVar[type[RecipeConfig]] = RecipeConfig
     head_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # what training_step reads from the head
+    head_inputs: ClassVar[tuple[str, ...]] = ()  # what build_module gives the head's constructor
 
     def __init__(self, cfg: Config, classes: list[str]):
         self.cfg, self.classes = cfg, classes
@@ -134,12 +137,19 @@ class Recipe:
                 f"recipe.name={cfg.recipe.name} needs {', '.join(missing)} from the head, which "
                 f"model.head={cfg.model.head} does not give; use model.head={' or '.join(fits)}"
             )
+        unmet = [n for n in getattr(head, "needs", ()) if n not in cls.head_inputs]
+        if unmet:
+            givers = [name for name, r in RECIPES.items() if all(n in r.head_inputs for n in head.needs)]
+            raise ConfigError(
+                f"model.head={cfg.model.head} needs {', '.join(unmet)}, which recipe.name={cfg.recipe.name} "
+                f"does not give; use recipe.name={' or '.join(givers)}"
+            )
 
     @classmethod
     def data_request(cls, cfg: Config) -> DataRequest:
         return DataRequest(views=1, classes=list(cfg.data.classes) or None)
 
-    def build_module(self) -> RecipeModule:
+    def build_module(self, trained: dict | None = None) -> RecipeModule:
         return RecipeModule(build_model(self.cfg.model, len(self.classes)))
 
     def initial_weights(self, ckpt: Checkpoint, what: str) -> dict:

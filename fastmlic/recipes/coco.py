@@ -177,7 +177,7 @@ class CoCo(Recipe):
             raise ConfigError(f"recipe.temperature={r.temperature} must be positive, recipe.weight="
                               f"{r.weight} not negative, recipe.dropout={r.dropout} in [0, 1)")  # fmt: skip
 
-    def build_module(self) -> CoCoModule:
+    def build_module(self, trained: dict | None = None) -> CoCoModule:
         r = self.cfg.recipe
         return CoCoModule(build_model(self.cfg.model, len(self.classes), encoder_layers=r.encoder_layers,
                                       decoder_layers=r.decoder_layers, num_steps=r.num_steps,

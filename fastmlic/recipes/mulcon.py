@@ -205,7 +205,7 @@ class MulCon(Recipe):
     def data_request(cls, cfg) -> DataRequest:
         return dataclasses.replace(super().data_request(cfg), views=2 if cfg.recipe.stage == 2 else 1)
 
-    def build_module(self) -> MulConModule:
+    def build_module(self, trained: dict | None = None) -> MulConModule:
         model = super().build_module().model
         return MulConModule(model, self.cfg.recipe.proj_dim if self.cfg.recipe.stage == 2 else None)
 
