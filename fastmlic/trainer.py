@@ -185,8 +185,9 @@ class Trainer:
         optimiser and EMA; referenced in our checkpoints by path and sha256, never copied."""
         refs = {}
         for name, path in self.recipe.teacher_paths().items():
-            teacher = load_for_inference(path, [], self.dist.device).module.requires_grad_(False)
-            self.recipe.teachers[name] = teacher
+            loaded = load_for_inference(path, [], self.dist.device)
+            self.recipe.teachers[name] = loaded.module.requires_grad_(False)
+            self.recipe.teacher_classes[name] = loaded.classes
             refs[name] = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
         return refs
 

@@ -126,6 +126,7 @@ class Recipe:
         self.cfg, self.classes = cfg, classes
         self.criterion = build_loss(cfg.loss)
         self.teachers: dict[str, nn.Module] = {}  # filled by the trainer from teacher_paths()
+        self.teacher_classes: dict[str, list[str]] = {}  # each teacher's classes, in its logits' order
 
     @classmethod
     def check(cls, cfg: Config) -> None:

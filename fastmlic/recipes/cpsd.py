@@ -1,0 +1,194 @@
+"""`cpsd`: parallel self-distillation over class partitions (Xu et al., "Boosting Multi-Label Image
+Classification with Complementary Parallel Self-Distillation", IJCAI 2022; official code Robbie-Xu/CPSD,
+`partition/generate_with_adj.py` and `dis_B_cpsd.py`, read for this file).
+
+- Partitions: the classes split into K parts by spectral clustering (N-Cut) of the conditional
+  co-occurrence affinity A[i, j] = sqrt(P(i | j)) = sqrt(cooc[i, j] / positives[j]) with a zero
+  diagonal (ML-GCN's `adj.pkl` convention), symmetrised (A + A^T) / 2: CGP keeps classes that co-occur
+  together; DGP (1 - A) keeps them apart. The official loop over `gamma` changes nothing for a
+  precomputed affinity (scikit-learn ignores gamma then), so it is not repeated here. With the COCO
+  counts of the official repository this reproduces its published COCO CGP files for any seed; its
+  DGP files came from unseeded runs.
+- Teachers: ordinary `standard` runs restricted to one part's classes (`data.classes`), one per part,
+  for CGP and for DGP.
+- Student (this recipe): every teacher frozen in the same step; each group's logits scattered back to
+  the student's class positions by class name: t_cgp, t_dgp. Loss = 0.5 x ASL(student, y) +
+  alpha x 0.5 x D(student, t_cgp) + (0.5 - alpha x 0.5) x D(student, t_dgp), D = summed MSE on logits
+  (`mse`) or KL over classes at temperature T, x T^2 (`kl`), both summed over the batch as the original.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, RecipeConfig, option
+from .base import RECIPES, Recipe, Term
+
+MODES = ("cgp", "dgp")
+
+
+@dataclass
+class CPSDConfig(RecipeConfig):
+    name: str = option("cpsd", "training recipe (fastmlic/recipes); its keys are listed below")
+    cgp_teachers: list[str] = option([], "checkpoints of the co-occurrence (CGP) part teachers, one per part")
+    dgp_teachers: list[str] = option([], "checkpoints of the dis-occurrence (DGP) part teachers, one a part")
+    alpha: float = option(0.5, "share of the distillation weight on the CGP teachers (0.5: equal)")
+    metric: Literal["mse", "kl"] = option("mse", "distillation distance on logits: mse (summed) or kl")
+    temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)")
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def affinity(cooccurrence: np.ndarray, positives: np.ndarray, mode: str = "cgp") -> np.ndarray:
+    """The symmetric [C, C] affinity the spectral clustering cuts (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"partition mode {mode!r}: use one of {', '.join(MODES)}")
+    cooc = np.array(cooccurrence, dtype=np.float64)
+    np.fill_diagonal(cooc, 0.0)  # the diagonal of our counts holds the positives; ML-GCN's holds 0
+    a = np.sqrt(cooc / np.maximum(np.asarray(positives, dtype=np.float64), 1.0))  # column j / positives[j]
+    if mode == "dgp":
+        a = 1.0 - a
+    return (a + a.T) / 2.0
+
+
+def partition_classes(cooccurrence: np.ndarray, positives: np.ndarray, parts: int, mode: str = "cgp",
+                      seed: int = 0) -> list[list[int]]:  # fmt: skip
+    """Class indices split into `parts` parts by N-Cut of the CGP or DGP affinity; each part sorted,
+    parts ordered by their smallest index. Deterministic under `seed`."""
+    from sklearn.cluster import SpectralClustering
+
+    num_classes = len(positives)
+    if not 1 <= parts <= num_classes:
+        raise ValueError(f"--parts {parts}: must be between 1 and the number of classes ({num_classes})")
+    if parts == 1:
+        return [list(range(num_classes))]
+    clustering = SpectralClustering(n_clusters=parts, affinity="precomputed", n_init=20, random_state=seed)
+    labels = clustering.fit_predict(affinity(cooccurrence, positives, mode))
+    groups = [sorted(np.flatnonzero(labels == k).tolist()) for k in range(parts)]
+    return sorted((g for g in groups if g), key=lambda g: g[0])
+
+
+def write_partition(path: Path, classes: list[str], groups: list[list[int]], **provenance) -> Path:
+    """The partition as JSON: per part its class names and indices, with how it was made."""
+    parts = [{"classes": [classes[i] for i in g], "indices": g} for g in groups]
+    text = json.dumps({**provenance, "num_classes": len(classes), "parts": parts}, indent=1)
+    Path(path).write_text(text + "\n")
+    return Path(path)
+
+
+def read_partition(path: Path, classes: list[str]) -> list[list[str]]:
+    """Each part's class names; every class of `classes` in exactly one part, or an error naming the file."""
+    parts = [p["classes"] for p in json.loads(Path(path).read_text())["parts"]]
+    seen = [c for p in parts for c in p]
+    missing, unknown = [c for c in classes if c not in seen], [c for c in seen if c not in classes]
+    twice = sorted({c for c in seen if seen.count(c) > 1})
+    if missing or unknown or twice:
+        raise ValueError(f"partition {path}: does not split these classes exactly once (missing "
+                         f"{missing[:5]}, unknown {unknown[:5]}, repeated {twice[:5]})")  # fmt: skip
+    return parts
+
+
+def import_published(path: Path, file_classes: list[str], classes: list[str]) -> list[list[int]]:
+    """A published partition file (a list of {global index: local index} maps, one per part) as parts
+    of indices into `classes`. `file_classes` are the class names in the file's index order (COCO: the
+    alphabetical order of ML-GCN's category.json, not the category-id order), so parts map by name."""
+    maps = json.loads(Path(path).read_text())
+    column = {c: i for i, c in enumerate(classes)}
+    groups = []
+    for part in maps:
+        local = sorted(part, key=lambda k: part[k])  # the teacher's output order
+        names = [file_classes[int(k)] for k in local]
+        unknown = [n for n in names if n not in column]
+        if unknown:
+            raise ValueError(f"{path}: classes {unknown[:5]} are not in the shards' classes")
+        groups.append(sorted(column[n] for n in names))
+    return sorted(groups, key=lambda g: g[0])
+
+
+# --------------------------------------------------------------------------- the student
+
+
+def scatter_teacher_logits(logits: list[torch.Tensor], teacher_classes: list[list[str]],
+                           classes: list[str]) -> torch.Tensor:  # fmt: skip
+    """One [B, C] target from part teachers' logits ([B, C_k] each, columns in `teacher_classes[k]`
+    order), placed at the student's class positions by name. Every class must come from one teacher."""
+    column = {c: i for i, c in enumerate(classes)}
+    index = [column[c] for names in teacher_classes for c in names if c in column]
+    if sorted(index) != list(range(len(classes))):
+        covered = {c for names in teacher_classes for c in names}
+        raise ValueError(f"the teachers do not cover each student class once: missing "
+                         f"{[c for c in classes if c not in covered][:5]}")  # fmt: skip
+    stacked = torch.cat([lg.float() for lg in logits], dim=1)
+    keep = [j for j, c in enumerate(c for names in teacher_classes for c in names) if c in column]
+    target = torch.empty(stacked.shape[0], len(classes), device=stacked.device)
+    target[:, index] = stacked[:, keep]
+    return target
+
+
+def distillation_loss(student_logits: torch.Tensor, cgp_logits: torch.Tensor, dgp_logits: torch.Tensor,
+                      alpha: float = 0.5, metric: str = "mse",
+                      temperature: float = 4.0) -> torch.Tensor:  # fmt: skip
+    """alpha x 0.5 x D(s, t_cgp) + (0.5 - alpha x 0.5) x D(s, t_dgp), fp32, summed over the batch:
+    D = sum of squared logit differences (`mse`) or T^2 x KL(softmax(t / T) || softmax(s / T)) over
+    classes (`kl`)."""
+    s = student_logits.float()
+
+    def distance(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        if metric == "mse":
+            return (s - t).pow(2).sum()
+        if metric == "kl":
+            log_p = F.log_softmax(s / temperature, dim=1)
+            return F.kl_div(log_p, F.softmax(t / temperature, dim=1), reduction="sum") * temperature**2
+        raise ValueError(f"recipe.metric={metric!r}: use mse or kl")
+
+    scale = alpha * 0.5
+    return scale * distance(cgp_logits) + round(0.5 - scale, 2) * distance(dgp_logits)
+
+
+@RECIPES.register("cpsd")
+class CPSD(Recipe):
+    """The student: 0.5 x the classification loss + the distillation from both teacher groups."""
+
+    Config = CPSDConfig
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        r = cfg.recipe
+        if not r.cgp_teachers or not r.dgp_teachers:
+            raise ConfigError("recipe.cgp_teachers and recipe.dgp_teachers: each lists a checkpoint per part")
+        if not 0 <= r.alpha <= 1 or r.temperature <= 0:
+            raise ConfigError(f"recipe.alpha={r.alpha} must be in [0, 1] and recipe.temperature="
+                              f"{r.temperature} positive")  # fmt: skip
+        if cfg.loss.reduction != "sum":
+            raise ConfigError("recipe.name=cpsd sums its distillation terms over the batch, as the original: "
+                              "keep loss.reduction=sum so the terms keep their relative weights")  # fmt: skip
+
+    def teacher_paths(self) -> dict[str, str]:
+        r = self.cfg.recipe
+        return {**{f"cgp{k}": p for k, p in enumerate(r.cgp_teachers)},
+                **{f"dgp{k}": p for k, p in enumerate(r.dgp_teachers)}}  # fmt: skip
+
+    def group_target(self, group: str, images: torch.Tensor) -> torch.Tensor:
+        names = [n for n in self.teachers if n.startswith(group)]
+        with torch.no_grad():
+            logits = [self.teachers[n].predict(images)["logits"] for n in names]
+        return scatter_teacher_logits(logits, [self.teacher_classes[n] for n in names], self.classes)
+
+    def training_step(self, net, batch, ctx) -> dict[str, Term]:
+        r = self.cfg.recipe
+        cgp, dgp = self.group_target("cgp", batch.images), self.group_target("dgp", batch.images)
+        logits = net(batch.images)["logits"]
+        cls = self.classification(logits, batch)
+        cls.weight = 0.5
+        distill = distillation_loss(logits, cgp, dgp, r.alpha, r.metric, r.temperature)
+        return {"cls": cls, "distill": Term(distill, "sum")}
