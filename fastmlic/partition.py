@@ -9,17 +9,95 @@ writes SHARDS/DATA/partition_MODE_kK_seedS.json: per part, its class names and i
 mode, K and seed. `--published` imports a partition file published with the paper (a list of
 {global index: local index} maps) instead; its indices follow the alphabetical order of the class
 names (ML-GCN's category.json for COCO and NUS-WIDE), so they are mapped by name.
+
+The affinity (Robbie-Xu/CPSD `partition/generate_with_adj.py`): A[i, j] = sqrt(P(i | j)) =
+sqrt(cooc[i, j] / positives[j]) with a zero diagonal (ML-GCN's adj.pkl convention), symmetrised
+(A + A^T) / 2; CGP cuts A, so classes that co-occur stay together; DGP cuts 1 - A, so they go apart.
+N-Cut is scikit-learn's SpectralClustering on the precomputed affinity, n_init 20, under a seed. The
+original's loop over `gamma` changes nothing for a precomputed affinity (scikit-learn ignores gamma
+then), so it is not repeated. With the COCO counts of the original repository this reproduces its
+published COCO CGP files for any seed; its DGP files came from unseeded runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .cli import exit_on_user_error
-from .recipes.cpsd import MODES, import_published, partition_classes, write_partition
+import numpy as np
+
 from .shards.format import SplitInfo, split_json_path
+
+MODES = ("cgp", "dgp")
+
+
+def affinity(cooccurrence: np.ndarray, positives: np.ndarray, mode: str = "cgp") -> np.ndarray:
+    """The symmetric [C, C] affinity the spectral clustering cuts (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"partition mode {mode!r}: use one of {', '.join(MODES)}")
+    cooc = np.array(cooccurrence, dtype=np.float64)
+    np.fill_diagonal(cooc, 0.0)  # the diagonal of our counts holds the positives; ML-GCN's holds 0
+    a = np.sqrt(cooc / np.maximum(np.asarray(positives, dtype=np.float64), 1.0))  # column j / positives[j]
+    if mode == "dgp":
+        a = 1.0 - a
+    return (a + a.T) / 2.0
+
+
+def partition_classes(cooccurrence: np.ndarray, positives: np.ndarray, parts: int, mode: str = "cgp",
+                      seed: int = 0) -> list[list[int]]:  # fmt: skip
+    """Class indices split into `parts` parts by N-Cut of the CGP or DGP affinity; each part sorted,
+    parts ordered by their smallest index. Deterministic under `seed`."""
+    from sklearn.cluster import SpectralClustering
+
+    num_classes = len(positives)
+    if not 1 <= parts <= num_classes:
+        raise ValueError(f"--parts {parts}: must be between 1 and the number of classes ({num_classes})")
+    if parts == 1:
+        return [list(range(num_classes))]
+    clustering = SpectralClustering(n_clusters=parts, affinity="precomputed", n_init=20, random_state=seed)
+    labels = clustering.fit_predict(affinity(cooccurrence, positives, mode))
+    groups = [sorted(np.flatnonzero(labels == k).tolist()) for k in range(parts)]
+    return sorted((g for g in groups if g), key=lambda g: g[0])
+
+
+def write_partition(path: Path, classes: list[str], groups: list[list[int]], **provenance) -> Path:
+    """The partition as JSON: per part its class names and indices, with how it was made."""
+    parts = [{"classes": [classes[i] for i in g], "indices": g} for g in groups]
+    text = json.dumps({**provenance, "num_classes": len(classes), "parts": parts}, indent=1)
+    Path(path).write_text(text + "\n")
+    return Path(path)
+
+
+def read_partition(path: Path, classes: list[str]) -> list[list[str]]:
+    """Each part's class names; every class of `classes` in exactly one part, or an error naming the file."""
+    parts = [p["classes"] for p in json.loads(Path(path).read_text())["parts"]]
+    seen = [c for p in parts for c in p]
+    missing, unknown = [c for c in classes if c not in seen], [c for c in seen if c not in classes]
+    twice = sorted({c for c in seen if seen.count(c) > 1})
+    if missing or unknown or twice:
+        raise ValueError(f"partition {path}: does not split these classes exactly once (missing "
+                         f"{missing[:5]}, unknown {unknown[:5]}, repeated {twice[:5]})")  # fmt: skip
+    return parts
+
+
+def import_published(path: Path, file_classes: list[str], classes: list[str]) -> list[list[int]]:
+    """A published partition file (a list of {global index: local index} maps, one per part) as parts
+    of indices into `classes`. `file_classes` are the class names in the file's index order (COCO: the
+    alphabetical order of ML-GCN's category.json, not the category-id order), so parts map by name."""
+    maps = json.loads(Path(path).read_text())
+    column = {c: i for i, c in enumerate(classes)}
+    groups = []
+    for part in maps:
+        local = sorted(part, key=lambda k: part[k])  # the teacher's output order
+        names = [file_classes[int(k)] for k in local]
+        unknown = [n for n in names if n not in column]
+        if unknown:
+            raise ValueError(f"{path}: classes {unknown[:5]} are not in the shards' classes")
+        groups.append(sorted(column[n] for n in names))
+    return sorted(groups, key=lambda g: g[0])
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,4 +140,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
+    from .cli import exit_on_user_error
+
     sys.exit(exit_on_user_error(main))
