@@ -28,6 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: E402
+from fastmlic.text_embeddings import embeddings_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {  # name -> (config, overrides, the row whose run this one continues)
@@ -53,7 +54,7 @@ def tiny_digits(out: Path) -> Path:
 
 def write_embeddings(shards: Path, backend: str) -> None:
     """The class-name embeddings a row reads, beside the shards, unless they are there already."""
-    if not (shards / "digits" / f"label_embeddings.{backend}.npy").is_file():
+    if not embeddings_path(shards / "digits", backend).is_file():
         subprocess.run([sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits",
                         "--shards", str(shards), "--backend", backend], check=True)  # fmt: skip
 

@@ -48,13 +48,13 @@ def scatter_teacher_logits(logits: list[torch.Tensor], teacher_classes: list[lis
     """One [B, C] target from part teachers' logits ([B, C_k] each, columns in `teacher_classes[k]`
     order), placed at the student's class positions by name. Every class must come from one teacher."""
     column = {c: i for i, c in enumerate(classes)}
-    index = [column[c] for names in teacher_classes for c in names if c in column]
+    flat = [c for names in teacher_classes for c in names]  # the stacked logits' columns
+    keep = [j for j, c in enumerate(flat) if c in column]
+    index = [column[flat[j]] for j in keep]
     if sorted(index) != list(range(len(classes))):
-        covered = {c for names in teacher_classes for c in names}
         raise ValueError(f"the teachers do not cover each student class once: missing "
-                         f"{[c for c in classes if c not in covered][:5]}")  # fmt: skip
+                         f"{[c for c in classes if c not in flat][:5]}")  # fmt: skip
     stacked = torch.cat([lg.float() for lg in logits], dim=1)
-    keep = [j for j, c in enumerate(c for names in teacher_classes for c in names) if c in column]
     target = torch.empty(stacked.shape[0], len(classes), device=stacked.device)
     target[:, index] = stacked[:, keep]
     return target

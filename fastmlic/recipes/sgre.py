@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import ConfigError, RecipeConfig, option
 from ..models import HEADS, Features, build_model
-from ..text_embeddings import BACKENDS, command_for, read_label_embeddings
+from ..text_embeddings import BACKENDS, command_for, embeddings_path, read_label_embeddings
 from .base import RECIPES, Recipe, RecipeModule, Term
 
 
@@ -190,8 +190,7 @@ class SGRE(Recipe):
         """The embeddings file `recipe.embeddings` names, and the command that writes it."""
         d, name = self.cfg.data, self.cfg.recipe.embeddings
         if name in BACKENDS:
-            path = Path(d.shards) / d.dataset / f"label_embeddings.{name}.npy"
-            return path, command_for(d.dataset, d.shards, name)
+            return embeddings_path(Path(d.shards) / d.dataset, name), command_for(d.dataset, d.shards, name)
         if name.endswith(".npy") or os.sep in name:
             return Path(name), "python tools/label_embeddings.py --help"
         raise ConfigError(f"recipe.embeddings={name!r}: name a backend ({', '.join(BACKENDS)}) or a .npy")
