@@ -10,8 +10,10 @@ A row is a config (a digits preset) with overrides; `standard/label_attention` s
 effect from a recipe's, `coco/no-contrastive` a term's, `sgre/random-embeddings` the class names'.
 Every row trains `--epochs` epochs from random init, except a row that continues another row's run (a
 later stage), which adds its preset's epochs on top of that run: its epochs column counts only its
-own. Rows that read class-name embeddings get them written beside the shards first. Extra
-`--section.key=value` arguments apply to every row.
+own. A pipeline row (`cpsd`) runs every stage of its preset (`python -m fastmlic.pipeline`: the part
+teachers, then the student), each for `--epochs`; its mAP, images/s and epochs are the final run's,
+its wall time and peak memory the whole pipeline's. Rows that read class-name embeddings get them
+written beside the shards first. Extra `--section.key=value` arguments apply to every row.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "coco/no-contrastive": ("coco_digits", ["--recipe.weight=0"], None),  # the same head, ASL alone
     "sgre": ("sgre_digits", [], None),
     "sgre/random-embeddings": ("sgre_digits", ["--recipe.embeddings=random"], None),  # no semantics
+    "cpsd": ("psd_digits", [], None),  # a pipeline: K = 2 CGP + 2 DGP teachers, then the student
 }
 EMBEDDINGS = {"sgre": "minilm", "sgre/random-embeddings": "random"}  # rows that read class-name embeddings
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly
@@ -59,13 +62,28 @@ def write_embeddings(shards: Path, backend: str) -> None:
                         "--shards", str(shards), "--backend", backend], check=True)  # fmt: skip
 
 
+def final_run(config: str, args: list[str]) -> Path | None:
+    """The last run folder of a preset whose recipe has several stages, relative to its pipeline folder;
+    None for a recipe of one run (trained by fastmlic/train.py)."""
+    from fastmlic.config import load_config
+    from fastmlic.recipes import RECIPES
+
+    cfg = load_config(config, args)
+    stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, Path())
+    return stages[-1].folder if len(stages) > 1 else None
+
+
 def run_row(work: Path, name: str, args: list[str]) -> dict:
     """One row in its own process (so peak memory is the row's own), read back from its run folder."""
     folder = name.replace("/", "-")
+    where = [f"--train.out_dir={work}", f"--train.name={folder}"]
+    config, overrides = args[1], args[2:]
+    final = final_run(config, overrides)
+    command = ["-m", "fastmlic.pipeline"] if final else [str(ROOT / "fastmlic" / "train.py")]
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "fastmlic" / "train.py"), f"--train.out_dir={work}",
-                    f"--train.name={folder}", *args], check=True)  # fmt: skip
+    subprocess.run([sys.executable, *command, *args, *where], check=True, cwd=ROOT)
     seconds = time.perf_counter() - start
+    folder = str(Path(folder) / final) if final else folder
     rows = [json.loads(line) for line in (work / folder / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     raw = max(r["raw_mAP"] for r in epochs)

@@ -66,13 +66,20 @@ def write_partition(path: Path, classes: list[str], groups: list[list[int]], **p
     """The partition as JSON: per part its class names and indices, with how it was made."""
     parts = [{"classes": [classes[i] for i in g], "indices": g} for g in groups]
     text = json.dumps({**provenance, "num_classes": len(classes), "parts": parts}, indent=1)
-    Path(path).write_text(text + "\n")
-    return Path(path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)  # whole or absent: a resumed pipeline trusts a partition file that exists
+    return path
 
 
 def read_partition(path: Path, classes: list[str]) -> list[list[str]]:
     """Each part's class names; every class of `classes` in exactly one part, or an error naming the file."""
-    parts = [p["classes"] for p in json.loads(Path(path).read_text())["parts"]]
+    try:
+        parts = [p["classes"] for p in json.loads(Path(path).read_text())["parts"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"partition {path}: not a readable partition file ({type(e).__name__}: {e})") \
+            from None
     seen = [c for p in parts for c in p]
     missing, unknown = [c for c in classes if c not in seen], [c for c in seen if c not in classes]
     twice = sorted({c for c in seen if seen.count(c) > 1})
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         path = args.shards / args.data / f"partition_{mode}_k{len(groups)}_seed{args.seed}.json"
         if args.published:
             path = path.with_name(f"partition_{mode}_k{len(groups)}_published.json")
-        written.append(write_partition(path, info.classes, groups, mode=mode, parts=len(groups),
+        written.append(write_partition(path, info.classes, groups, mode=mode, k=len(groups),
                                        split=args.split, **how))  # fmt: skip
         print(f"{mode}: {len(groups)} parts of sizes {[len(g) for g in groups]} -> {path}")
         for k, g in enumerate(groups):

@@ -6,6 +6,7 @@ by rank 0 only and atomically (a crash never leaves a half-written checkpoint).
     RUN/log.txt         what was printed
     RUN/last.pt         full training state after the last finished epoch (for --resume)
     RUN/best.pt         the best weights by headline mAP, raw or EMA (the file says which)
+    RUN/summary.json    the end-of-invocation summary; `finished` is false after train.stop_after
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class RunDir:
             tmp = path.with_name(f".{name}.tmp{os.getpid()}")
             torch.save(state, tmp)
             os.replace(tmp, path)
+        return path
+
+    def write_json(self, name: str, data: dict) -> Path:
+        path = self.path / name
+        if self.is_main:
+            self._write(path, (json.dumps(data, indent=1) + "\n").encode())
         return path
 
     def close(self) -> None:

@@ -244,8 +244,11 @@ class Trainer:
                 run.log(f"stopping after {epochs_run} epochs as asked (train.stop_after); continue with "
                         f"--resume {run.path}")  # fmt: skip
                 break
-        return {
+        summary = {
             "run": str(run.path),
+            # all epochs done or stopped early; false after train.stop_after (--resume continues)
+            "finished": s.epoch >= t.epochs or bool(t.patience and s.bad_epochs >= t.patience),
+            "classes": self.classes,
             "best": {"mAP": s.best_map, "source": s.best_source, "epoch": s.best_epoch},
             "best_raw_mAP": s.best_raw,
             "best_ema_mAP": s.best_ema,
@@ -255,6 +258,8 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(dist.device),
             "skipped_images": len(self.train_loader.skipped) + len(self.val_loader.skipped),
         }
+        run.write_json("summary.json", summary)
+        return summary
 
     def _end_of_epoch(self, stats: EpochStats) -> None:
         """Evaluate raw and EMA weights, record the epoch, keep best.pt and last.pt."""

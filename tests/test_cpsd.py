@@ -1,12 +1,14 @@
 """CPSD (recipes/cpsd.py, fastmlic/partition.py): class partitions (CGP, DGP, published files), teacher
 logits scattered by class name, the distillation loss against a literal form, the student's step, and
-partition -> part teachers -> student end to end on digits with K = 2."""
+the pipeline's stages, and partition -> part teachers -> student from one command on digits with K = 2
+(interrupted, resumed, skipped when done)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +16,10 @@ import rawdata
 import torch
 from torch import nn
 
-from fastmlic import partition, train
+from fastmlic import partition, pipeline, psd
 from fastmlic.config import ConfigError, load_config
 from fastmlic.data import Batch
-from fastmlic.recipes import StepContext
+from fastmlic.recipes import RECIPES, StepContext, cpsd
 from fastmlic.recipes.cpsd import (
     distillation_loss,
     import_published,
@@ -143,16 +145,48 @@ def test_the_students_step_reads_every_teacher_and_halves_the_classification():
 
 
 def test_the_student_needs_its_teachers_and_the_summed_loss():
-    with pytest.raises(ConfigError, match="recipe.cgp_teachers and recipe.dgp_teachers"):
-        load_config("digits", ["--recipe.name=cpsd"])
+    cfg = load_config("digits", ["--recipe.name=cpsd"])  # a pipeline preset: the pipeline fills them in
+    with pytest.raises(ConfigError, match="recipe.cgp_teachers and recipe.dgp_teachers are empty"):
+        build_recipe(cfg, ["0", "1"]).teacher_paths()
     with pytest.raises(ConfigError, match="keep loss.reduction=sum"):
         load_config("digits", ["--recipe.name=cpsd", "--recipe.cgp_teachers=[a]", "--recipe.dgp_teachers=[b]",
                                "--loss.reduction=mean"])  # fmt: skip
     with pytest.raises(ConfigError, match="recipe.metric"):
         load_config("digits", ["--recipe.name=cpsd", "--recipe.metric=l1"])
+    with pytest.raises(ConfigError, match="recipe.parts=0 must be at least 1"):
+        load_config("psd_digits", ["--recipe.parts=0"])
 
 
-# --------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("overrides, message", [
+    ("['--data.classes=[a]']", "data.classes are set by the pipeline"),
+    ("[--recipe.alpha=1]", "recipe.alpha are set by the pipeline"),
+    ("[--optim.lrr=1]", r"recipe.teacher_overrides: unknown config key 'optim.lrr'.*did you mean 'optim.lr'"),
+    ("[lr=1]", "recipe.teacher_overrides: cannot read 'lr=1'"),
+])  # fmt: skip
+def test_teacher_overrides_are_checked_when_the_preset_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("psd_digits", [f"--recipe.teacher_overrides={overrides}"])
+
+
+def test_the_presets_carry_the_papers_settings():
+    for name in ("psd_mscoco", "psd_nuswide"):
+        cfg = load_config(name)
+        r, o = cfg.recipe, cfg.optim
+        assert (r.name, r.parts, r.alpha, r.metric) == ("cpsd", 5, 0.5, "mse")
+        assert (o.name, o.lr, o.pct_start) == ("adam", 1e-5, 0.1)
+        t, d = cfg.train, cfg.data
+        assert (t.epochs, cfg.ema.decay, d.batch_size, d.image_size) == (80, 0.9997, 24, 448)
+        assert (cfg.loss.gamma_neg, cfg.loss.gamma_pos, cfg.loss.clip) == (4.0, 0.0, 0.05)
+        teacher = cpsd.teacher_config(cfg, cfg_root(cfg) / "cgp0", ["person"])
+        assert (teacher.recipe.name, teacher.optim.lr, teacher.data.classes) == ("standard", 1e-4, ["person"])
+    assert load_config("psd_digits").recipe.parts == 2
+
+
+def cfg_root(cfg):
+    return Path(cfg.train.out_dir) / cfg.train.name
+
+
+# --------------------------------------------------------------------------- the pipeline
 
 
 @pytest.fixture(scope="module")
@@ -160,34 +194,92 @@ def shards(tmp_path_factory):
     return rawdata.digits_shards(tmp_path_factory.mktemp("cpsd"), 128, 64, 32)
 
 
-def test_partition_then_part_teachers_then_the_student_on_digits(shards, tmp_path):
-    help_text = subprocess.run([sys.executable, "-m", "fastmlic.partition", "--help"], capture_output=True,
-                               text=True).stdout  # fmt: skip
-    assert "--parts" in help_text and "--published" in help_text
-    written = partition.main(["--data", "digits", "--shards", str(shards), "--parts", "2"])
-    assert [p.name for p in written] == ["partition_cgp_k2_seed0.json", "partition_dgp_k2_seed0.json"]
+def tiny(shards, out) -> list[str]:
+    return [f"--data.shards={shards}", f"--train.out_dir={out}", "--data.image_size=32", "--data.workers=0",
+            "--data.backend=torch", "--model.backbone=test_resnet", "--train.epochs=1"]  # fmt: skip
+
+
+def test_the_stages_derive_teachers_from_the_partition_and_the_student_from_the_teachers(shards, tmp_path):
+    cfg = load_config("psd_digits", [*tiny(shards, tmp_path), "--recipe.teacher_overrides=[--optim.lr=0.01]"])
+    root = tmp_path / "psd_digits"
+    stages = {s.name: s for s in RECIPES["cpsd"].stages(cfg, root)}
+    assert list(stages) == ["partition", "cgp0", "cgp1", "dgp0", "dgp1", "student"]
+    assert stages["student"].needs == ("cgp0", "cgp1", "dgp0", "dgp1")
+    assert stages["cgp1"].needs == ("partition",)
+    stages["partition"].make()
     classes = json.loads((shards / "digits" / "train.json").read_text())["classes"]
-    tiny = [f"--data.shards={shards}", f"--train.out_dir={tmp_path}", "--data.image_size=32",
-            "--data.workers=0", "--data.backend=torch", "--model.backbone=test_resnet",
-            "--train.epochs=1"]  # fmt: skip
-    teachers = {}
-    for path in written:
-        mode = json.loads(path.read_text())["mode"]
-        for k, part in enumerate(read_partition(path, classes)):
-            name = f"{mode}{k}"
-            subset = f"--data.classes=[{', '.join(part)}]"
-            train.main(["--cfg", "digits", *tiny, subset, f"--train.name={name}"])
-            best = torch.load(tmp_path / name / "best.pt", weights_only=False)
-            assert best["classes"] == part  # a teacher knows only its part's classes
-            teachers.setdefault(mode, []).append(str(tmp_path / name / "best.pt"))
-    summary = train.main(["--cfg", "digits", *tiny, "--recipe.name=cpsd", "--train.name=student",
-                          f"--recipe.cgp_teachers=[{', '.join(teachers['cgp'])}]",
-                          f"--recipe.dgp_teachers=[{', '.join(teachers['dgp'])}]",
-                          "--train.log_every=1"])  # fmt: skip
-    rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    for mode in ("cgp", "dgp"):
+        written = json.loads((root / f"partition_{mode}.json").read_text())
+        assert (written["mode"], written["k"], written["seed"], len(written["parts"])) == (mode, 2, 0, 2)
+        for k, part in enumerate(read_partition(root / f"partition_{mode}.json", classes)):
+            teacher = stages[f"{mode}{k}"].config()
+            assert (teacher.recipe.name, teacher.data.classes, teacher.optim.lr) == ("standard", part, 0.01)
+            assert Path(teacher.train.out_dir) / teacher.train.name == root / f"{mode}{k}"
+            assert teacher.model.backbone == "test_resnet" and teacher.train.epochs == 1  # the command's
+    student = stages["student"].config()
+    assert student.recipe.cgp_teachers == [str(root / "cgp0" / "best.pt"), str(root / "cgp1" / "best.pt")]
+    assert student.recipe.dgp_teachers == [str(root / "dgp0" / "best.pt"), str(root / "dgp1" / "best.pt")]
+    assert (student.optim.lr, Path(student.train.out_dir) / student.train.name) == (2e-3, root / "student")
+
+
+def test_a_given_partition_file_is_used_by_class_name_and_must_have_k_parts(shards, tmp_path):
+    given = tmp_path / "mine.json"
+    partition.write_partition(given, ["9", "8", "7", "6", "5", "4", "3", "2", "1", "0"],
+                              [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]], mode="cgp")  # fmt: skip
+    cfg = load_config("psd_digits", [*tiny(shards, tmp_path), f"--recipe.cgp_partition={given}"])
+    stage = RECIPES["cpsd"].stages(cfg, tmp_path / "p")[0]
+    stage.make()
+    parts = json.loads((tmp_path / "p" / "partition_cgp.json").read_text())
+    assert [p["classes"] for p in parts["parts"]] == [["0", "2", "4", "6", "8"], ["1", "3", "5", "7", "9"]]
+    assert parts["from"] == str(given)
+    cfg = load_config("psd_digits", [*tiny(shards, tmp_path), f"--recipe.cgp_partition={given}",
+                                     "--recipe.parts=3"])  # fmt: skip
+    with pytest.raises(ValueError, match="mine.json: 2 cgp parts, recipe.parts=3"):
+        RECIPES["cpsd"].stages(cfg, tmp_path / "q")[0].make()
+
+
+def test_one_command_runs_partition_teachers_and_student_and_resumes(shards, tmp_path, capsys):
+    args = ["--cfg", "psd_digits", *tiny(shards, tmp_path), "--train.log_every=1"]
+    root = tmp_path / "psd_digits"
+    with pytest.raises(ValueError, match="stage student needs cgp0, cgp1, dgp0, dgp1 first"):
+        psd.main([*args, "--stage", "student"])
+    with pytest.raises(ConfigError, match="--stage teacher: the stages of psd_digits are partition, cgp0"):
+        psd.main([*args, "--stage", "teacher"])
+    # one teacher alone (as on its own GPU), stopped after one of two epochs, then resumed
+    two = [*args, "--train.epochs=2", "--stage", "partition", "--stage", "cgp0"]
+    out = psd.main([*two, "--train.stop_after=1"])
+    assert out["stages"]["cgp0"] == "interrupted" and "run the same command" in capsys.readouterr().out
+    out = psd.main(two)
+    assert out["ran"] == ["cgp0"] and out["stages"]["cgp0"] == "done"
+    capsys.readouterr()
+    assert json.loads((root / "cgp0" / "summary.json").read_text())["epochs"] == 2
+    out = psd.main(args)  # the rest; cgp0 (2 epochs, done) is not retrained
+    assert out["ran"] == ["cgp1", "dgp0", "dgp1", "student"]
+    assert set(out["stages"].values()) == {"done"}
+    screen = capsys.readouterr().out
+    classes = json.loads((shards / "digits" / "train.json").read_text())["classes"]
+    student = torch.load(root / "student" / "best.pt", weights_only=False)
+    assert student["classes"] == classes and set(student["teachers"]) == {"cgp0", "cgp1", "dgp0", "dgp1"}
+    for name in ("cgp0", "cgp1", "dgp0", "dgp1"):
+        part = torch.load(root / name / "best.pt", weights_only=False)["classes"]
+        parts = json.loads((root / f"partition_{name[:3]}.json").read_text())["parts"]
+        assert part == parts[int(name[3])]["classes"]  # a teacher knows only its part's classes
+        line = next(x for x in screen.splitlines() if x.startswith(name + " "))
+        fields = line.split()  # name status classes best-mAP student-there epochs folder
+        assert fields[1] == ("done" if name == "cgp0" else "ran")
+        assert int(fields[2]) == len(part) and 0 <= float(fields[3]) <= 1 and 0 <= float(fields[4]) <= 1
+    rows = [json.loads(x) for x in (root / "student" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "train"]
     assert steps and all(r["loss"] == pytest.approx(0.5 * r["loss_cls"] + r["loss_distill"], rel=1e-5)
                          for r in steps)  # fmt: skip
-    assert summary["best"]["mAP"] > 0
-    student = torch.load(tmp_path / "student" / "best.pt", weights_only=False)
-    assert student["classes"] == classes and set(student["teachers"]) == {"cgp0", "cgp1", "dgp0", "dgp1"}
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/last.pt")}
+    out = psd.main(args)  # everything finished: nothing runs again
+    assert out["ran"] == [] and {p: p.stat().st_mtime_ns for p in root.glob("*/last.pt")} == stamps
+    help_text = subprocess.run([sys.executable, "-m", "fastmlic.psd", "--help"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+    assert "--stage" in help_text and "CUDA_VISIBLE_DEVICES=1" in help_text and "--recipe.parts" in help_text
+
+
+def test_the_pipeline_runs_a_single_run_recipe_as_one_stage(shards, tmp_path, capsys):
+    out = pipeline.main(["--cfg", "digits", *tiny(shards, tmp_path), "--status"])
+    assert out["stages"] == {"train": "to do"} and "train" in capsys.readouterr().out

@@ -15,12 +15,14 @@ A recipe declares, in its own file:
   frozen, in eval mode, outside DDP, the optimiser and EMA, and records them by path and sha256;
 - `training_step(net, batch, ctx)`: named loss `Term`s, each saying how it reduces over the batch;
 - `after_step(module, ctx)`: a hook after every optimiser step (e.g. an EMA teacher);
-- `state_dict()` / `load_state_dict()`: state that changes in training beyond the trainable weights.
+- `state_dict()` / `load_state_dict()`: state that changes in training beyond the trainable weights;
+- `stages(cfg, root)`: the runs that make its result, for `python -m fastmlic.pipeline` (default: one).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
@@ -31,6 +33,7 @@ from ..config import Config, ConfigError, RecipeConfig
 from ..data import Batch
 from ..losses import build_loss
 from ..models import HEADS, MLICModel, build_model
+from ..pipeline import Stage, stage_config
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -145,6 +148,12 @@ class Recipe:
                 f"model.head={cfg.model.head} needs {', '.join(unmet)}, which recipe.name={cfg.recipe.name} "
                 f"does not give; use recipe.name={' or '.join(givers)}"
             )
+
+    @classmethod
+    def stages(cls, cfg: Config, root: Path) -> list[Stage]:
+        """The runs (and file steps) that make this recipe's result, in order, each in its own folder
+        under `root`: one run of `cfg` unless a recipe chains several (teachers, then a student)."""
+        return [Stage("train", root / "train", config=lambda: stage_config(cfg.to_dict(), root / "train"))]
 
     @classmethod
     def data_request(cls, cfg: Config) -> DataRequest:

@@ -6,6 +6,8 @@ Classification with Complementary Parallel Self-Distillation", IJCAI 2022; offic
   conditional co-occurrence affinity, as `partition/generate_with_adj.py` computes it.
 - Teachers: ordinary `standard` runs restricted to one part's classes (`data.classes`), one per part,
   for CGP and for DGP.
+- The pipeline (`Recipe.stages`, run by `python -m fastmlic.psd --cfg psd_<dataset>`): partition ->
+  the 2K part teachers -> the student, each an ordinary run folder under runs/<preset>/.
 - Student (this recipe): every teacher frozen in the same step; each group's logits scattered back to
   the student's class positions by class name: t_cgp, t_dgp. Loss = 0.5 x ASL(student, y) +
   alpha x 0.5 x D(student, t_cgp) + (0.5 - alpha x 0.5) x D(student, t_dgp), D = summed MSE on logits
@@ -15,15 +17,21 @@ Classification with Complementary Parallel Self-Distillation", IJCAI 2022; offic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RecipeConfig, option
+from ..config import Config, ConfigError, RecipeConfig, option, parse_overrides
+from ..data import split_json
 
 # the partitions are the core's (`python -m fastmlic.partition`); public here as the recipe's first step
 from ..partition import MODES, affinity, import_published, partition_classes, read_partition, write_partition
+from ..pipeline import Stage, stage_config
+from ..shards.format import SplitInfo
 from .base import RECIPES, Recipe, Term
 
 __all__ = ["MODES", "affinity", "distillation_loss", "import_published", "partition_classes",
@@ -38,6 +46,17 @@ class CPSDConfig(RecipeConfig):
     alpha: float = option(0.5, "share of the distillation weight on the CGP teachers (0.5: equal)")
     metric: Literal["mse", "kl"] = option("mse", "distillation distance on logits: mse (summed) or kl")
     temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)")
+    parts: int = option(5, "pipeline: class parts K of each partition (K CGP and K DGP teachers)")
+    partition_seed: int = option(0, "pipeline: spectral clustering seed of the partitions")
+    cgp_partition: str = option("", "pipeline: use this partition file for CGP (empty: computed)")
+    dgp_partition: str = option("", "pipeline: use this partition file for DGP (empty: computed)")
+    teacher_overrides: list[str] = option(
+        [], "pipeline: --section.key=value changes of the teachers' runs from this config (e.g. their lr)"
+    )
+
+
+# the pipeline sets these in the teachers' configs itself
+PIPELINE_KEYS = ("data.classes", "train.out_dir", "train.name")
 
 
 # --------------------------------------------------------------------------- the student
@@ -91,17 +110,47 @@ class CPSD(Recipe):
     def check(cls, cfg) -> None:
         super().check(cfg)
         r = cfg.recipe
-        if not r.cgp_teachers or not r.dgp_teachers:
-            raise ConfigError("recipe.cgp_teachers and recipe.dgp_teachers: each lists a checkpoint per part")
+        if r.parts < 1:
+            raise ConfigError(f"recipe.parts={r.parts} must be at least 1")
         if not 0 <= r.alpha <= 1 or r.temperature <= 0:
             raise ConfigError(f"recipe.alpha={r.alpha} must be in [0, 1] and recipe.temperature="
                               f"{r.temperature} positive")  # fmt: skip
         if cfg.loss.reduction != "sum":
             raise ConfigError("recipe.name=cpsd sums its distillation terms over the batch, as the original: "
                               "keep loss.reduction=sum so the terms keep their relative weights")  # fmt: skip
+        try:
+            keys = [f"{section}.{key}" for section, key, _ in parse_overrides(r.teacher_overrides)]
+        except ConfigError as e:
+            raise ConfigError(f"recipe.teacher_overrides: {e}") from None
+        taken = [k for k in keys if k in PIPELINE_KEYS or k.startswith("recipe.")]
+        if taken:
+            raise ConfigError(f"recipe.teacher_overrides: {', '.join(taken)} are set by the pipeline for "
+                              f"each teacher (a standard run on one part's classes): leave them out")
+        try:  # a typo in the overrides fails now, not hours later when the teachers start
+            teacher_config(cfg, Path(cfg.train.out_dir), [])
+        except ConfigError as e:
+            raise ConfigError(f"recipe.teacher_overrides: {e}") from None
+
+    @classmethod
+    def stages(cls, cfg: Config, root: Path) -> list[Stage]:
+        """partition (both files) -> cgp0..cgp{K-1}, dgp0..dgp{K-1} (any order, or in parallel) -> student."""
+        files = {mode: root / f"partition_{mode}.json" for mode in MODES}
+        stages = [Stage("partition", root, make=partial(write_partitions, cfg, files),
+                        outputs=tuple(files.values()))]  # fmt: skip
+        teachers = [f"{mode}{k}" for mode in MODES for k in range(cfg.recipe.parts)]
+        for name in teachers:
+            mode, k = name[:3], int(name[3:])
+            build = partial(part_teacher_config, cfg, root / name, files[mode], k)
+            stages.append(Stage(name, root / name, needs=("partition",), config=build))
+        return [*stages, Stage("student", root / "student", needs=tuple(teachers),
+                               config=partial(student_config, cfg, root))]  # fmt: skip
 
     def teacher_paths(self) -> dict[str, str]:
         r = self.cfg.recipe
+        if not r.cgp_teachers or not r.dgp_teachers:
+            raise ConfigError("recipe.cgp_teachers and recipe.dgp_teachers are empty: `python -m "
+                              "fastmlic.psd --cfg psd_<dataset>` trains the part teachers and then this "
+                              "student, or list a checkpoint per part in each")  # fmt: skip
         return {**{f"cgp{k}": p for k, p in enumerate(r.cgp_teachers)},
                 **{f"dgp{k}": p for k, p in enumerate(r.dgp_teachers)}}  # fmt: skip
 
@@ -119,3 +168,57 @@ class CPSD(Recipe):
         cls.weight = 0.5
         distill = distillation_loss(logits, cgp, dgp, r.alpha, r.metric, r.temperature)
         return {"cls": cls, "distill": Term(distill, "sum")}
+
+
+# --------------------------------------------------------------------------- the pipeline's stages
+
+
+def split_classes(cfg: Config) -> SplitInfo:
+    """The training split's description, restricted to `data.classes` when set: what is partitioned."""
+    path = split_json(cfg.data, cfg.data.train_split)
+    info = SplitInfo.load(path)
+    return info.subset(cfg.data.classes, str(path))[0] if cfg.data.classes else info
+
+
+def write_partitions(cfg: Config, files: dict[str, Path]) -> None:
+    """The CGP and DGP partitions of the student's classes into `recipe.parts` parts: computed from the
+    training split's co-occurrence, or read from `recipe.cgp_partition` / `dgp_partition` (by name)."""
+    r, info = cfg.recipe, split_classes(cfg)
+    given = {"cgp": r.cgp_partition, "dgp": r.dgp_partition}
+    for mode, path in files.items():
+        if given[mode]:
+            column = {c: i for i, c in enumerate(info.classes)}
+            parts = read_partition(Path(given[mode]), info.classes)
+            groups = [sorted(column[c] for c in part) for part in parts]
+            how = {"from": given[mode]}
+        else:
+            groups = partition_classes(np.array(info.cooccurrence), np.array(info.positives), r.parts, mode,
+                                       r.partition_seed)  # fmt: skip
+            how = {"seed": r.partition_seed}
+        if len(groups) != r.parts:
+            raise ValueError(f"{given[mode] or 'the spectral clustering'}: {len(groups)} {mode} parts, "
+                             f"recipe.parts={r.parts}")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_partition(path, info.classes, sorted(groups, key=lambda g: g[0]), mode=mode, k=r.parts,
+                        split=cfg.data.train_split, **how)  # fmt: skip
+        print(f"{mode}: parts of {[len(g) for g in groups]} classes -> {path}")
+
+
+def teacher_config(cfg: Config, folder: Path, classes: list[str]) -> Config:
+    """A part teacher: this config as a `standard` run on `classes`, with `recipe.teacher_overrides`."""
+    mapping = {**cfg.to_dict(), "recipe": {"name": "standard"}}
+    mapping["data"] = {**mapping["data"], "classes": classes}
+    return stage_config(mapping, folder, cfg.recipe.teacher_overrides, source="recipe.teacher_overrides")
+
+
+def part_teacher_config(cfg: Config, folder: Path, partition: Path, k: int) -> Config:
+    return teacher_config(cfg, folder, read_partition(partition, split_classes(cfg).classes)[k])
+
+
+def student_config(cfg: Config, root: Path) -> Config:
+    """This config, reading the best weights of the pipeline's teachers."""
+    mapping = cfg.to_dict()
+    mapping["recipe"] = {**mapping["recipe"], **{
+        f"{mode}_teachers": [str(root / f"{mode}{k}" / "best.pt") for k in range(cfg.recipe.parts)]
+        for mode in MODES}}  # fmt: skip
+    return stage_config(mapping, root / "student")

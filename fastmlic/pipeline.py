@@ -1,0 +1,208 @@
+"""Chain a recipe's stages as ordinary runs, resumably:
+
+    python -m fastmlic.pipeline --cfg PRESET [--stage NAME ...] [--status] [--section.key=value ...]
+
+A recipe whose result takes more than one training run (part teachers, then a student) lists its stages
+(`Recipe.stages`). Each is a training run in its own run folder under PIPELINE = train.out_dir /
+train.name (default: the preset's file name), or a step that writes files into PIPELINE. A stage runs
+once the stages it needs are done. The same command again goes on where the last one stopped: a
+finished run is skipped (its summary.json says so), an interrupted one resumes from its last.pt, a step
+whose files exist is skipped. `--stage NAME` (repeatable) runs only those stages, e.g. every teacher on
+its own GPU or node at the same time; `--status` lists the stages and does nothing else. Overrides
+apply to the preset, so to every stage derived from it. Under `torchrun` every run uses all processes.
+
+The summary lists each run's best mAP on its own classes beside the final run's mAP on those classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, ConfigError, describe, load_config
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline: a training run (`config` gives its config, built when the stage starts, so
+    it may read what earlier stages wrote) or a step that writes `outputs` (`make`). `folder` is the run's
+    folder, or the folder the step writes into."""
+
+    name: str
+    folder: Path
+    needs: tuple[str, ...] = ()
+    config: Callable[[], Config] | None = None
+    make: Callable[[], object] | None = None
+    outputs: tuple[Path, ...] = ()
+
+
+def stage_config(mapping: dict, folder: Path, overrides: list[str] | None = None, source: str = "") -> Config:
+    """A run config (a resolved config as a mapping, plus `overrides`) placed in run folder `folder`."""
+    mapping = {**mapping, "train": {**mapping["train"], "out_dir": str(folder.parent), "name": folder.name}}
+    return load_config(mapping, overrides, source=source)
+
+
+# --------------------------------------------------------------------------- state on disk
+
+
+def read_summary(folder: Path) -> dict | None:
+    path = folder / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stage_status(stage: Stage) -> str:
+    """'done', 'interrupted' (a run with a last.pt that has not finished) or 'to do'."""
+    if stage.make is not None:
+        return "done" if all(p.is_file() for p in stage.outputs) else "to do"
+    summary = read_summary(stage.folder)
+    if summary is not None and summary.get("finished"):
+        return "done"
+    return "interrupted" if (stage.folder / "last.pt").is_file() else "to do"
+
+
+def best_class_ap(folder: Path, summary: dict) -> dict[str, float]:
+    """Per-class AP of a run's best weights (the epoch and weights that best.pt holds), by class name,
+    from metrics.jsonl (its last record of that epoch: a resumed epoch was recorded again)."""
+    best = summary["best"]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch" and r["epoch"] == best["epoch"]]
+    if not epochs or f"{best['source']}_ap" not in epochs[-1]:
+        return {}
+    return dict(zip(summary["classes"], epochs[-1][f"{best['source']}_ap"], strict=True))
+
+
+def under(path: Path, root: Path) -> Path:
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+def summary_lines(stages: list[Stage], root: Path, ran: list[str]) -> list[str]:
+    """The stage table: status, classes, best mAP, and the final run's mAP on each run's classes."""
+    runs = [(s, read_summary(s.folder)) for s in stages if s.make is None]
+    final, final_summary = runs[-1] if runs else (None, None)
+    final_ap = best_class_ap(final.folder, final_summary) if final_summary else {}
+    there = f"{final.name}'s" if final else ""
+    lines = [f"{'stage':<12} {'status':<12} {'classes':>7}  {'mAP':>7}  {there:>9}  {'epochs':>6}  folder"]
+    for stage in stages:
+        status = "ran" if stage.name in ran and stage_status(stage) == "done" else stage_status(stage)
+        if stage.make is not None:
+            files = ", ".join(str(under(p, root)) for p in stage.outputs)
+            lines.append(f"{stage.name:<12} {status:<12} {'':>7}  {'':>7}  {'':>9}  {'':>6}  {files}")
+            continue
+        folder = under(stage.folder, root)
+        s = read_summary(stage.folder)
+        if s is None:
+            lines.append(f"{stage.name:<12} {status:<12} {'-':>7}  {'-':>7}  {'-':>9}  {'-':>6}  {folder}")
+            continue
+        aps = [final_ap[c] for c in s["classes"] if c in final_ap]
+        on_its = f"{np.nanmean(aps):.4f}" if stage is not final and aps and np.isfinite(aps).any() else ""
+        lines.append(f"{stage.name:<12} {status:<12} {len(s['classes']):>7}  {s['best']['mAP']:>7.4f}  "
+                     f"{on_its:>9}  {s['epochs']:>6}  {folder}")  # fmt: skip
+    if final_summary:
+        lines += [f"mAP: each run's best weights on its own classes; {there}: {final.name}'s best weights on "
+                  f"the same classes",
+                  f"evaluate: python -m fastmlic.evaluate --ckpt {final.folder / 'best.pt'}"]
+    return lines
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_stage(stage: Stage, dist) -> dict | None:
+    """Run one stage here; a training run resumes from its last.pt when it has one."""
+    from .distributed import barrier
+    from .train import print_summary
+    from .trainer import Trainer
+
+    if stage.make is not None:
+        if dist.is_main:
+            stage.make()
+        barrier(dist.world_size)
+        return None
+    cfg = stage.config()
+    resume = stage.folder if (stage.folder / "last.pt").is_file() else None
+    trainer = Trainer(cfg, dist, resume)
+    summary = trainer.fit()
+    print_summary(trainer.run, summary, dist)
+    trainer.run.close()
+    del trainer
+    gc.collect()  # the next stage's model, loaders and optimiser need the memory
+    if dist.device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    return summary
+
+
+def parse_args(argv: list[str] | None, prog: str, doc: str):
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (override with --section.key=value):\n" + describe(),
+    )  # fmt: skip
+    p.add_argument("--cfg", required=True, help="preset name (fastmlic/configs) or YAML path")
+    p.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
+    p.add_argument("--status", action="store_true", help="list the stages and their state, run nothing")
+    return p.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline", doc: str = __doc__
+         ) -> dict:  # fmt: skip
+    from .distributed import cleanup, init_distributed
+    from .recipes import RECIPES
+
+    args, overrides = parse_args(argv, prog, doc)
+    cfg = load_config(args.cfg, overrides)
+    root = Path(cfg.train.out_dir) / (cfg.train.name or Path(args.cfg).stem)
+    stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, root)
+    by_name = {s.name: s for s in stages}
+    unknown = [n for n in args.stage or [] if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--stage {', '.join(unknown)}: the stages of {args.cfg} are {', '.join(by_name)}")
+    chosen = [s for s in stages if s.name in (args.stage or by_name)]
+    ran: list[str] = []
+    if args.status:
+        print("\n".join(summary_lines(stages, root, ran)))
+        return {"root": str(root), "stages": {s.name: stage_status(s) for s in stages}}
+    dist = init_distributed(cfg.train.device)
+    stopped = None
+    for i, stage in enumerate(chosen, 1):
+        status = stage_status(stage)
+        if status == "done":
+            if dist.is_main:
+                print(f"[{i}/{len(chosen)}] {stage.name}: done already ({stage.folder}), skipped", flush=True)
+            continue
+        missing = [n for n in stage.needs if stage_status(by_name[n]) != "done"]
+        if missing:
+            first = " ".join(f"--stage {n}" for n in missing)
+            raise ValueError(f"stage {stage.name} needs {', '.join(missing)} first: run {prog} --cfg "
+                             f"{args.cfg} {first} (or leave out --stage)")  # fmt: skip
+        if dist.is_main:
+            what = "resuming" if status == "interrupted" else "running"
+            print(f"[{i}/{len(chosen)}] {stage.name}: {what} ({stage.folder})", flush=True)
+        summary = run_stage(stage, dist)
+        ran.append(stage.name)
+        if summary is not None and not summary["finished"]:
+            stopped = stage.name
+            break
+    lines = summary_lines(stages, root, ran)
+    if stopped:
+        lines.append(f"stage {stopped} stopped before its last epoch (train.stop_after): run the same "
+                     f"command to continue")  # fmt: skip
+    if dist.is_main:
+        rule = "=" * min(100, max(len(line) for line in lines))
+        title = f"pipeline {root}: recipe {cfg.recipe.name}, {len(stages)} stages (folders below it)"
+        print("\n".join([rule, title, *lines, rule]))
+    cleanup()
+    return {"root": str(root), "stages": {s.name: stage_status(s) for s in stages}, "ran": ran}
+
+
+if __name__ == "__main__":
+    from .cli import exit_on_user_error
+
+    sys.exit(exit_on_user_error(main))
