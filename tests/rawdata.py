@@ -60,6 +60,39 @@ def make_voc(root: Path, rng: np.random.Generator) -> dict:
     return {"classes": VOC_CLASSES}
 
 
+def _voc_box_xml(objects: list[tuple[str, int, tuple[int, int, int, int]]]) -> str:
+    """Objects with boxes (xmin, ymin, xmax, ymax) in a 40 x 30 image, as the VOC2012 devkit writes them."""
+    body = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, d, b in objects
+    )
+    return f"<annotation><size><width>40</width><height>30</height><depth>3</depth></size>{body}</annotation>"
+
+
+def make_voc2012(root: Path, rng: np.random.Generator, train_aug: bool = True) -> dict:
+    """VOCdevkit/VOC2012 with: a difficult-only class, a zero-area box (and one that is empty only after
+    clamping to the image), a float coordinate, and Puzzle-CAM's train_aug list with CRLF line ends."""
+    voc = root / "VOC2012"
+    box = (2, 3, 20, 25)
+    images = {
+        "2007_000032": [("aeroplane", 0, box), ("person", 0, (5, 5, 12.5, 9))],
+        "2008_000001": [("dog", 0, box), ("chair", 1, box)],  # chair only difficult
+        "2008_000002": [("bird", 0, box), ("cat", 0, (7, 4, 7, 20)),  # cat: zero width -> dropped
+                        ("sheep", 0, (45, 2, 60, 9))],  # sheep: outside the 40 px image, empty once clamped
+        "2008_000003": [("car", 0, box)],
+    }
+    for image_id, objects in images.items():
+        write(voc / "Annotations" / f"{image_id}.xml", _voc_box_xml(objects))
+        write(voc / "JPEGImages" / f"{image_id}.jpg", image_bytes(rng))
+    write(voc / "ImageSets" / "Main" / "train.txt", "2007_000032\n2008_000001\n")
+    write(voc / "ImageSets" / "Main" / "val.txt", "2008_000002\n2008_000003\n")
+    if train_aug:
+        ids = "2007_000032\r\n2008_000001\r\n2008_000002\r\n"
+        write(voc / "ImageSets" / "Segmentation" / "train_aug.txt", ids)
+    return {"classes": VOC_CLASSES}
+
+
 def make_coco(root: Path, rng: np.random.Generator) -> dict:
     """COCO 2014 with category ids out of order and gaps, an unannotated image and a grayscale JPEG."""
     categories = [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]

@@ -3,7 +3,7 @@
 import pytest
 import rawdata
 
-from fastmlic.datasets import AnnotationError, digits, get_reader, mscoco, nuswide, vg500, voc2007
+from fastmlic.datasets import AnnotationError, digits, get_reader, mscoco, nuswide, vg500, voc2007, voc2012
 
 
 def by_key(listing):
@@ -29,6 +29,41 @@ def test_voc_missing_annotation_fails_naming_the_file(tmp_path, rng):
     (tmp_path / "VOC2007" / "ImageSets" / "Main" / "test.txt").unlink()
     with pytest.raises(AnnotationError, match=r"test\.txt: VOC2007 image list"):
         voc2007.list_split(tmp_path, "test")
+
+
+def test_voc2012_difficult_empty_boxes_and_the_train_aug_list(tmp_path, rng):
+    rawdata.make_voc2012(tmp_path, rng)
+    C = voc2012.CLASSES
+    train = by_key(voc2012.list_split(tmp_path, "train"))
+    assert train["2007_000032"].positives == (C.index("aeroplane"), C.index("person"))  # "12.5" reads as 12
+    assert train["2008_000001"].positives == (C.index("dog"),)
+    assert train["2008_000001"].ignored == (C.index("chair"),)
+    every = by_key(voc2012.list_split(tmp_path, "train", difficult="positive"))  # Puzzle-CAM's labels
+    assert every["2008_000001"].positives == (C.index("chair"), C.index("dog"))
+    assert not every["2008_000001"].ignored
+    val = voc2012.list_split(tmp_path, "val")
+    assert by_key(val)["2008_000002"].positives == (C.index("bird"),)  # cat: zero width; sheep: off the image
+    assert "zero-area box left out (2 in this split)" in val.conventions
+    assert voc2012.default_splits(tmp_path) == ("train", "val", "train_aug")
+    aug = voc2012.list_split(tmp_path / "VOC2012", "train_aug")  # CRLF ids; the VOC2012 folder itself works
+    assert [s.key for s in aug.samples] == ["2007_000032", "2008_000001", "2008_000002"]
+
+
+def test_voc2012_without_train_aug_writes_train_and_val_and_says_where_it_looked(tmp_path, rng):
+    rawdata.make_voc2012(tmp_path, rng, train_aug=False)
+    assert voc2012.default_splits(tmp_path) == ("train", "val")
+    with pytest.raises(AnnotationError, match=r"Segmentation/train_aug.txt: the train_aug id list is not"):
+        voc2012.list_split(tmp_path, "train_aug")
+    ids = rawdata.write(tmp_path / "mine.txt", "2008_000003\n")
+    assert voc2012.default_splits(tmp_path, train_aug_list=ids) == ("train", "val", "train_aug")
+    listed = voc2012.list_split(tmp_path, "train_aug", train_aug_list=ids)
+    assert [s.key for s in listed.samples] == ["2008_000003"]
+    with pytest.raises(AnnotationError, match="nope.txt: --train-aug-list file not found"):
+        voc2012.list_split(tmp_path, "train_aug", train_aug_list=tmp_path / "nope.txt")
+    rawdata.write(tmp_path / "VOC2012" / "Annotations" / "2008_000003.xml",
+                  "<annotation><object><name>car</name></object></annotation>")  # fmt: skip
+    with pytest.raises(AnnotationError, match="2008_000003.xml: an object without bndbox"):
+        voc2012.list_split(tmp_path, "val")
 
 
 def test_coco_category_id_order_and_unannotated_images_dropped(tmp_path, rng):

@@ -25,6 +25,7 @@ spec.loader.exec_module(make_shards)
 
 MAKERS = {
     "voc2007": rawdata.make_voc,
+    "voc2012": rawdata.make_voc2012,
     "mscoco": rawdata.make_coco,
     "nuswide": rawdata.make_nuswide,
     "vg500": rawdata.make_vg500,
@@ -85,6 +86,22 @@ def test_round_trip_through_webdataset(tmp_path, rng, dataset):
         assert info.positives == positives.tolist()
         co = np.array(info.cooccurrence)
         assert co.shape == (C, C) and (np.diag(co) == positives).all() and (co == co.T).all()
+
+
+def test_voc2012_splits_follow_the_train_aug_list_and_difficult_objects_can_count(tmp_path, rng):
+    raw = rawdata.make_voc2012(tmp_path / "raw", rng, train_aug=False)
+    out = tmp_path / "s"
+    assert make_shards.main(["--data", "voc2012", "--root", str(tmp_path / "raw"), "--out", str(out)]) == 0
+    written = {p.name for p in (out / "voc2012").glob("*.json")}
+    assert {"train.json", "val.json"} <= written and "train_aug.json" not in written
+    chair = raw["classes"].index("chair")
+    assert SplitInfo.load(out / "voc2012" / "train.json").ignored[chair] == 1
+    ids = rawdata.write(tmp_path / "train_aug.txt", "2008_000001\r\n")
+    args = ["--data", "voc2012", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "p")]
+    assert make_shards.main([*args, "--difficult", "positive", "--train-aug-list", str(ids)]) == 0
+    aug = SplitInfo.load(tmp_path / "p" / "voc2012" / "train_aug.json")
+    assert aug.num_samples == 1 and aug.positives[chair] == 1
+    assert "every object counts" in aug.source["conventions"]
 
 
 def test_voc_png_reencoded_and_corrupt_image_skipped_counted_and_reported(tmp_path, rng):

@@ -3,6 +3,7 @@
 
     python tools/make_shards.py --data digits                       # embedded, needs no download
     python tools/make_shards.py --data voc2007 --root ~/data/VOCdevkit --workers 8
+    python tools/make_shards.py --data voc2012 --root ~/data/VOCdevkit --train-aug-list train_aug.txt
     python tools/make_shards.py --data mscoco --root ~/data/coco --max-side 640
     python tools/make_shards.py --verify shards/mscoco [--repair]   # check shards made by any tool
 
@@ -14,6 +15,7 @@ skipped, counted and listed in SPLIT.skipped.tsv. Re-running resumes: complete s
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 import time
@@ -61,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--digits-size", type=int, default=96, help="image side of the composed digits images")
     g.add_argument("--digits-train", type=int, default=10_000, help="training images")
     g.add_argument("--digits-val", type=int, default=2_000, help="validation images")
+    g = p.add_argument_group("voc2007, voc2012")
+    g.add_argument("--difficult", choices=["ignore", "positive"], default="ignore",
+                   help="a class seen only as difficult objects: ignore (default) or positive (Puzzle-CAM)")
+    g.add_argument("--train-aug-list", type=Path, metavar="FILE",
+                   help="voc2012: ids of the train_aug split (default: looked for in ImageSets/Segmentation, "
+                        "then ImageSets/Main)")  # fmt: skip
     args = p.parse_args(argv)
     if args.verify is not None:
         if args.data is not None:
@@ -87,17 +95,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def reader_options(reader, args: argparse.Namespace, function: str = "list_split") -> dict:
+    """The command-line options that the reader's function takes (`difficult`, `train_aug_list`, ...)."""
+    accepted = inspect.signature(getattr(reader, function)).parameters
+    return {k: v for k, v in vars(args).items() if k in accepted and k not in ("root", "split")}
+
+
 def list_splits(args: argparse.Namespace) -> dict[str, SplitListing]:
     reader = get_reader(args.data)
     listings = {}
-    for split in args.splits or reader.SPLITS:
+    default = reader.default_splits(args.root, **reader_options(reader, args, "default_splits")) \
+        if hasattr(reader, "default_splits") else reader.SPLITS  # fmt: skip
+    for split in args.splits or default:
         if args.data == "digits":
             size = args.digits_train if split == "train" else args.digits_val
             listings[split] = reader.list_split(
                 None, split, seed=args.seed, size=args.digits_size, num_samples=size
             )
         else:
-            listings[split] = reader.list_split(args.root, split)
+            listings[split] = reader.list_split(args.root, split, **reader_options(reader, args))
     return listings
 
 
