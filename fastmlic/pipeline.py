@@ -131,6 +131,7 @@ def run_stage(stage: Stage, dist) -> dict | None:
     summary = trainer.fit()
     print_summary(trainer.run, summary, dist)
     trainer.run.close()
+    barrier(dist.world_size)  # rank 0 has written summary.json before any rank checks the next stage's needs
     del trainer
     gc.collect()  # the next stage's model, loaders and optimiser need the memory
     if dist.device.type == "cuda":

@@ -6,6 +6,8 @@ the pipeline's stages, and partition -> part teachers -> student from one comman
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import rawdata
 import torch
+from conftest import ROOT
 from torch import nn
 
 from fastmlic import partition, pipeline, psd
@@ -278,6 +281,17 @@ def test_one_command_runs_partition_teachers_and_student_and_resumes(shards, tmp
     help_text = subprocess.run([sys.executable, "-m", "fastmlic.psd", "--help"], capture_output=True,
                                text=True).stdout  # fmt: skip
     assert "--stage" in help_text and "CUDA_VISIBLE_DEVICES=1" in help_text and "--recipe.parts" in help_text
+
+
+def test_the_pipeline_runs_every_stage_on_two_gloo_processes(shards, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    command = [torchrun, "--nproc_per_node=2", "--master_port=29547", "-m", "fastmlic.psd",
+               "--cfg", "psd_digits", *tiny(shards, tmp_path), "--data.batch_size=16"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("cgp0", "cgp1", "dgp0", "dgp1", "student"):
+        assert json.loads((tmp_path / "psd_digits" / name / "summary.json").read_text())["finished"]
 
 
 def test_the_pipeline_runs_a_single_run_recipe_as_one_stage(shards, tmp_path, capsys):
