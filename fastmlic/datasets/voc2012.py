@@ -17,44 +17,39 @@ from pathlib import Path
 from . import AnnotationError, SplitListing
 from .voc import CLASSES, devkit_dir, list_ids, require_ids
 
-__all__ = ["CLASSES", "NEEDS_ROOT", "SPLITS", "default_splits", "list_split"]
+__all__ = ["CLASSES", "NEEDS_ROOT", "SPLITS", "default_splits", "find_train_aug_list", "list_split"]
 
 SPLITS = ("train", "val", "train_aug")
 NEEDS_ROOT = True
 
 
-def train_aug_list(voc: Path, given: Path | None = None) -> Path | None:
+def _train_aug_places(voc: Path) -> tuple[Path, Path]:
+    return voc / "ImageSets" / "Segmentation" / "train_aug.txt", voc / "ImageSets" / "Main" / "train_aug.txt"
+
+
+def find_train_aug_list(root: Path, given: Path | None = None) -> Path | None:
     """The train_aug id list: `given`, or the first of the two devkit places that has one."""
     if given is not None:
         if not Path(given).is_file():
             raise AnnotationError(f"{given}: --train-aug-list file not found")
         return Path(given)
-    for candidate in (voc / "ImageSets" / "Segmentation" / "train_aug.txt",
-                      voc / "ImageSets" / "Main" / "train_aug.txt"):  # fmt: skip
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((p for p in _train_aug_places(devkit_dir(root, "2012")) if p.is_file()), None)
 
 
 def default_splits(root: Path, train_aug_list: Path | None = None) -> tuple[str, ...]:
     """The splits a plain `make_shards --data voc2012` writes: train_aug only when its list is there."""
-    found = _train_aug(root, train_aug_list)
+    found = find_train_aug_list(root, train_aug_list)
     return SPLITS if found is not None else ("train", "val")
-
-
-def _train_aug(root: Path, given: Path | None) -> Path | None:
-    return train_aug_list(devkit_dir(root, "2012"), given)
 
 
 def list_split(root: Path, split: str, difficult: str = "ignore", train_aug_list: Path | None = None
                ) -> SplitListing:  # fmt: skip
     voc = devkit_dir(root, "2012")
     if split == "train_aug":
-        ids_file = _train_aug(root, train_aug_list)
+        ids_file = find_train_aug_list(root, train_aug_list)
         if ids_file is None:
-            where = voc / "ImageSets" / "Segmentation" / "train_aug.txt"
-            raise AnnotationError(f"{where}: the train_aug id list is not there (nor in ImageSets/Main): "
-                                  "give --train-aug-list FILE")  # fmt: skip
+            raise AnnotationError(f"{_train_aug_places(voc)[0]}: the train_aug id list is not there (nor in "
+                                  "ImageSets/Main): give --train-aug-list FILE")  # fmt: skip
     else:
         ids_file = voc / "ImageSets" / "Main" / f"{split}.txt"
     ids = require_ids(ids_file, f"VOC2012 image list for '{split}'")
