@@ -91,6 +91,9 @@ class ModelConfig:
         512, "label-level heads: width of the label queries and per-label features (0: the backbone's width)"
     )
     heads: int = option(4, "label-level heads: attention heads")
+    output_stride: int = option(
+        0, "CNN backbones: stride of the last feature map (16, 8: dilated last stages); 0: the backbone's"
+    )
 
 
 @dataclass
@@ -113,13 +116,14 @@ class OptimConfig:
     weight_decay: float = option(1e-4, "weight decay, applied to weights only (none on biases and norms)")
     momentum: float = option(0.9, "SGD momentum")
     backbone_lr_factor: float = option(1.0, "backbone learning rate as a fraction of lr")
-    schedule: Literal["onecycle", "cosine", "step"] = option(
-        "onecycle", "learning-rate schedule, stepped per iteration: OneCycle, cosine, or step decay"
+    schedule: Literal["onecycle", "cosine", "step", "poly"] = option(
+        "onecycle", "learning-rate schedule, stepped per iteration: OneCycle, cosine, step decay or poly"
     )
     pct_start: float = option(0.2, "OneCycle: fraction of training spent rising to the peak")
     warmup_epochs: float = option(0.0, "cosine: linear warm-up length in epochs")
     step_epochs: float = option(20.0, "step: multiply the learning rate by step_gamma every this many epochs")
     step_gamma: float = option(0.1, "step: decay factor")
+    poly_power: float = option(0.9, "poly: the learning rate falls as (1 - step / total steps) ** poly_power")
     nesterov: bool = option(True, "SGD: Nesterov momentum (false: plain momentum)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0 turns it off)")
     accumulate: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
@@ -395,6 +399,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.cutout={d.cutout} must be in [0, 1)")
     if cfg.optim.step_epochs <= 0:
         raise ConfigError(f"optim.step_epochs={cfg.optim.step_epochs} must be positive")
+    if cfg.optim.poly_power <= 0:
+        raise ConfigError(f"optim.poly_power={cfg.optim.poly_power} must be positive")
+    if cfg.model.output_stride not in (0, 8, 16, 32):
+        raise ConfigError(f"model.output_stride={cfg.model.output_stride} must be 0 (the backbone's own), "
+                          "8, 16 or 32")
     if not 0 < cfg.optim.pct_start < 1:
         raise ConfigError(f"optim.pct_start={cfg.optim.pct_start} must be in (0, 1)")
     if not 0 <= cfg.ema.decay < 1:

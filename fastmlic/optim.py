@@ -1,5 +1,6 @@
 """Optimizer with "true" weight decay (none on biases and norm weights) and a backbone learning-rate
-factor, and the per-step schedule (OneCycle, cosine with linear warm-up, or step decay)."""
+factor, and the per-step schedule (OneCycle, cosine with linear warm-up,
+step decay, or poly)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def build_scheduler(
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=total_steps,
             pct_start=cfg.pct_start,
+        )
+    if cfg.schedule == "poly":  # DeepLab's, used by the CAM methods (Puzzle-CAM's PolyOptimizer)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: (1 - min(step, total_steps) / total_steps) ** cfg.poly_power
         )
     if cfg.schedule == "step":  # per iteration, so a decay lands where the epoch-based one does
         period = max(1, round(cfg.step_epochs * steps_per_epoch))

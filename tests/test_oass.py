@@ -1,12 +1,31 @@
-"""OASS (recipes/oass.py), its pure functions so far: Puzzle-CAM's tile/merge against a literal loop
-form, and the four key-point strategies on hand-made CAMs with known peaks."""
+"""OASS (recipes/oass.py): Puzzle-CAM's tile/merge against a literal loop form, the four key-point
+strategies on hand-made CAMs with known peaks, the CAM head, patches and instances, the losses and
+their schedule, the EMA teacher (no gradient, its update, its resume), bad settings, end to end on digits."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import json
 
-from fastmlic.recipes.oass import keypoints, merge, tile
+import pytest
+import rawdata
+import torch
+import torch.nn.functional as F
+
+from fastmlic import train
+from fastmlic.config import ConfigError, load_config
+from fastmlic.data import Batch
+from fastmlic.recipes import StepContext
+from fastmlic.recipes.oass import (
+    CAMHead,
+    crop,
+    instance_loss,
+    keypoints,
+    merge,
+    normalised_cams,
+    object_boxes,
+    tile,
+)
+from fastmlic.trainer import build_recipe
 
 
 def literal_tile(x, pieces):
@@ -82,3 +101,177 @@ def test_keypoints_refuse_unknown_strategies_and_shapes():
         keypoints(torch.zeros(1, 1, 2, 2), "top")
     with pytest.raises(ValueError, match=r"cams must be \[B, C, H, W\]"):
         keypoints(torch.zeros(2, 2), "max")
+
+
+# --------------------------------------------------------------------------- head, patches, instances
+
+
+def test_the_cam_head_scores_the_mean_of_its_cams_and_classifies_vectors_alike(rng):
+    head = CAMHead(8, 3)
+    fmap = torch.from_numpy(rng.normal(size=(2, 8, 4, 5))).float()
+    features = type("F", (), {"as_map": lambda self: fmap})()
+    out = head(features, return_attention=True)
+    torch.testing.assert_close(out["logits"], out["cams"].mean((2, 3)))
+    torch.testing.assert_close(head.classify(fmap.mean((2, 3))), out["logits"])  # linear: pool, then classify
+    assert out["attention"].shape == (2, 3, 20)
+    assert out["attention"].min() >= 0 and out["attention"].max() < 1
+
+
+def test_normalised_cams_are_relu_over_the_channel_peak():
+    cams = torch.tensor([[[[-1.0, 2.0], [4.0, 1.0]]]])
+    torch.testing.assert_close(normalised_cams(cams), torch.tensor([[[[0.0, 0.5], [1.0, 0.25]]]]), atol=1e-4,
+                               rtol=0)  # fmt: skip
+
+
+def test_object_boxes_centre_on_the_cell_and_stay_inside_the_image():
+    points = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 3.0], [1.5, 1.5]])
+    boxes = object_boxes(points, (4, 4), (64, 64), 0.5)  # 16 px cells, 32 px patches
+    assert boxes.tolist() == [
+        [24.0, 8.0, 56.0, 40.0],  # cell (1, 2) has its centre at (24, 40)
+        [0.0, 0.0, 32.0, 32.0],  # the corner: moved inside
+        [32.0, 32.0, 64.0, 64.0],
+        [16.0, 16.0, 48.0, 48.0],  # between cells (ctopk's centres): the point (32, 32)
+    ]
+
+
+def test_crop_cuts_the_exact_pixels_of_each_box(rng):
+    images = torch.from_numpy(rng.normal(size=(2, 3, 16, 12))).float()
+    rois = torch.tensor([[1.0, 2.0, 5.0, 10.0, 13.0], [0.0, 0.0, 0.0, 8.0, 8.0]])
+    patches = crop(images, rois[:1], (8, 8))
+    torch.testing.assert_close(patches[0], images[1, :, 5:13, 2:10])
+    assert crop(images, rois[:0], (8, 8)).shape == (0, 3, 8, 8)
+
+
+def test_an_instance_learns_its_class_and_leaves_the_other_present_classes_out(rng):
+    logits = torch.from_numpy(rng.normal(size=(2, 4))).float()
+    classes = torch.tensor([0, 2])
+    present = torch.tensor([[True, False, True, False], [True, False, True, False]])
+    bce = F.binary_cross_entropy_with_logits(logits, F.one_hot(classes, 4).float(), reduction="none")
+    kept = [bce[0, 0], bce[0, 1], bce[0, 3], bce[1, 1], bce[1, 2], bce[1, 3]]  # not (0, 2), not (1, 0)
+    torch.testing.assert_close(instance_loss(logits, classes, present), torch.stack(kept).mean())
+    assert instance_loss(logits[:0], classes[:0], present[:0]).item() == 0.0
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def tiny_recipe(*overrides):
+    cfg = load_config("oass_digits", ["--model.backbone=resnet18", "--data.image_size=32", *overrides])
+    recipe = build_recipe(cfg, [str(i) for i in range(4)])
+    return recipe, recipe.build_module()
+
+
+def tiny_batch(rng, targets):
+    images = torch.from_numpy(rng.normal(size=(len(targets), 3, 32, 32))).float()
+    keys = [str(i) for i in range(len(targets))]
+    return Batch([images], torch.tensor(targets, dtype=torch.float32), None, keys)
+
+
+def context(step=0, total=100):
+    return StepContext(step=step, epoch=0, total_steps=total, device=torch.device("cpu"), amp="off", rank=0,
+                       world_size=1)  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["max", "cmax", "ctopk", "ctopk_w"])
+def test_every_term_reaches_the_student_and_the_teacher_gets_no_gradient(rng, strategy):
+    recipe, module = tiny_recipe(f"--recipe.keypoint={strategy}")
+    batch = tiny_batch(rng, [[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+    terms = recipe.training_step(module, batch, context(step=50))
+    assert set(terms) == {"cls", "pcl", "re", "ss", "csi"}
+    assert all(torch.isfinite(t.value) and t.value.requires_grad for t in terms.values())
+    assert terms["ss"].value > 0 and terms["csi"].value > 0
+    sum(t.weight * t.value for t in terms.values()).backward()
+    teacher = recipe.teacher.module
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in module.parameters())
+    assert teacher is not module and not teacher.training
+
+
+def test_a_batch_without_present_classes_gives_zero_patch_and_instance_terms(rng):
+    recipe, module = tiny_recipe()
+    terms = recipe.training_step(module, tiny_batch(rng, [[0, 0, 0, 0], [0, 0, 0, 0]]), context())
+    assert terms["ss"].value.item() == 0.0 and terms["csi"].value.item() == 0.0
+    assert torch.isfinite(terms["cls"].value)
+
+
+def test_the_reconstruction_weight_rises_as_puzzle_cams_alpha():
+    recipe, _ = tiny_recipe("--recipe.alpha_re=3.0", "--recipe.alpha_schedule_re=0.5")
+    assert [recipe.reconstruction_weight(s, 100) for s in (0, 25, 50, 90)] == [0.0, 1.5, 3.0, 3.0]
+    recipe, _ = tiny_recipe("--recipe.alpha_re=3.0", "--recipe.alpha_schedule_re=0")
+    assert recipe.reconstruction_weight(0, 100) == 3.0
+
+
+def test_the_teacher_follows_the_student_by_its_decay_and_resumes_from_its_state(rng):
+    recipe, module = tiny_recipe("--recipe.teacher_decay=0.9")
+    recipe.training_step(module, tiny_batch(rng, [[1, 0, 0, 0]]), context())
+    start = {k: v.clone() for k, v in recipe.teacher.module.state_dict().items()}
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)
+    recipe.after_step(module, context(step=10))  # timm copies outright at step 1, then decays
+    name = "model.head.classifier.weight"
+    torch.testing.assert_close(recipe.teacher.module.state_dict()[name],
+                               0.9 * start[name] + 0.1 * module.state_dict()[name])  # fmt: skip
+    # a resumed run reads the teacher's state before its first step makes the teacher
+    resumed, fresh = tiny_recipe("--recipe.teacher_decay=0.9")
+    resumed.load_state_dict(recipe.state_dict())
+    resumed.training_step(fresh, tiny_batch(rng, [[1, 0, 0, 0]]), context())
+    teachers = resumed.teacher.module.state_dict(), recipe.teacher.module.state_dict()
+    torch.testing.assert_close(teachers[0][name], teachers[1][name])
+
+
+def test_tiles_whose_cams_do_not_merge_to_the_full_grid_are_explained(rng):
+    recipe, module = tiny_recipe()
+    batch = tiny_batch(rng, [[1, 0, 0, 0]])
+    batch.views[0] = torch.zeros(1, 3, 40, 40)  # stride 16: a 3 x 3 grid, but 20 px tiles give 2 x 2 each
+    with pytest.raises(ValueError, match=r"CAMs are \(3, 3\) cells, the merged tiles' \(4, 4\); use a "
+                                         r"data.image_size that is a multiple of 2 x the backbone's stride"):
+        recipe.training_step(module, batch, context())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--recipe.keypoint=peak"], r"recipe.keypoint='peak': use one of max, cmax, ctopk, ctopk_w"),
+        (["--recipe.topk=0"], r"recipe.topk=0 must be at least 1"),
+        (["--recipe.teacher_decay=1"], r"recipe.teacher_decay=1.0 must be in \[0, 1\)"),
+        (["--recipe.patch_scale=0"], r"recipe.patch_scale=0.0 must be in \(0, 1\]"),
+        (["--recipe.pieces=2"], r"recipe.pieces=2 must be a square number"),
+        (["--recipe.alpha_re=-1"], r"recipe.alpha_re=-1.0: loss weights cannot be negative"),
+        (["--model.head=linear"], r"recipe.name=oass needs cams from the head"),
+        (["--model.output_stride=4"], r"model.output_stride=4 must be 0"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_config_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("oass_digits", overrides)
+
+
+def test_the_voc2012_presets_carry_puzzle_cams_settings_and_the_readme_weights():
+    for strategy in ("max", "cmax", "ctopk", "ctopk_w"):
+        cfg = load_config(f"oass_voc2012_{strategy}")
+        assert cfg.recipe.keypoint == strategy and cfg.train.name == f"oass_voc2012_{strategy}"
+        assert (cfg.data.dataset, cfg.data.train_split, cfg.data.val_split) == ("voc2012", "train_aug", "val")
+        assert (cfg.model.backbone, cfg.model.head, cfg.model.output_stride) == ("resnet50", "cam", 16)
+        assert (cfg.data.image_size, cfg.data.batch_size, cfg.train.epochs) == (512, 32, 15)
+        assert (cfg.optim.name, cfg.optim.nesterov, cfg.optim.schedule, cfg.optim.weight_decay) == (
+            "sgd", True, "poly", 1e-4)
+        assert cfg.optim.lr * cfg.optim.backbone_lr_factor == pytest.approx(0.1)  # classifier at 10x
+        assert (cfg.loss.name, cfg.loss.reduction) == ("bce", "mean")
+        r = cfg.recipe
+        assert (r.alpha_p, r.alpha_re, r.alpha_schedule_re, r.pieces) == (0.5, 3.0, 0.05, 4)
+
+
+def test_end_to_end_on_digits(tmp_path):
+    shards = rawdata.digits_shards(tmp_path / "shards", 64, 32, 32)
+    summary = train.main(["--cfg", "oass_digits", f"--data.shards={shards}", f"--train.out_dir={tmp_path}",
+                          "--data.image_size=32", "--data.workers=0", "--data.backend=torch",
+                          "--data.batch_size=32", "--train.epochs=2", "--train.log_every=1"])  # fmt: skip
+    run = tmp_path / "oass_digits"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert len(steps) == 2 * 64 // 32
+    assert all(r["loss_ss"] > 0 and r["loss_csi"] > 0 and r["loss_pcl"] > 0 for r in steps)
+    assert summary["finished"] and summary["epochs"] == 2
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert "module.model.head.classifier.weight" in last["recipe"]["teacher"]  # resumes with its teacher

@@ -195,6 +195,8 @@ def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards
         tool = [sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits", "--shards"]
         subprocess.run([*tool, str(shards), "--backend", "random"], check=True, capture_output=True)
         args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
+    if recipe == "oass":  # its 2 x 2 tiles and half-side patches need at least one stride-32 cell each
+        args += ["--data.image_size=64"]
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     result = subprocess.run(
         [torchrun, "--nproc_per_node=2", "--master_port=29541", str(ROOT / "fastmlic" / "train.py"), *args],
@@ -308,4 +310,5 @@ def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2",
-                    "coco", "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd"]  # fmt: skip
+                    "coco", "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd", "standard/cam",
+                    "oass", "oass/puzzle-cam"]  # fmt: skip

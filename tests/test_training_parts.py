@@ -67,6 +67,18 @@ def test_step_schedule_decays_at_epoch_boundaries():
     assert lrs[20] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1) and lrs[40] == pytest.approx(0.01)
 
 
+def test_poly_schedule_falls_as_puzzle_cams_poly_optimizer():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(schedule="poly", lr=1.0, poly_power=0.9), 40, 10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0
+    assert lrs[10] == pytest.approx(0.75**0.9) and lrs[39] == pytest.approx((1 / 40) ** 0.9)
+
+
 def test_ema_arithmetic_with_and_without_warmup():
     model = torch.nn.Linear(3, 2)
     ema = ModelEmaV3(model, decay=0.9)

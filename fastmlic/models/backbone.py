@@ -31,9 +31,12 @@ class Features:
 class Backbone(nn.Module):
     """Wraps a timm model without its classifier; `forward` gives its `Features`."""
 
-    def __init__(self, name: str, pretrained: bool = False, pretrained_path: str | None = None):
+    def __init__(self, name: str, pretrained: bool = False, pretrained_path: str | None = None,
+                 output_stride: int = 0):  # fmt: skip
         super().__init__()
         kwargs: dict = {"num_classes": 0}
+        if output_stride:  # timm dilates the last stages of the CNNs that support it
+            kwargs["output_stride"] = output_stride
         if pretrained_path:
             path = Path(pretrained_path).expanduser()
             if not path.is_file():
@@ -49,6 +52,11 @@ class Backbone(nn.Module):
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             similar = ", ".join(close)
             raise ValueError(f"model.backbone={name!r} is not a timm model; similar: {similar}") from None
+        except TypeError as e:
+            if not output_stride or "output_stride" not in str(e):
+                raise
+            raise ValueError(f"model.output_stride={output_stride}: timm's {name} cannot change its stride "
+                             "(ResNets, ResNeXts, EfficientNets and most CNNs can); use 0") from None
         self.num_features = self.model.num_features
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 0)
         self.nhwc_output = getattr(self.model, "output_fmt", "NCHW") == "NHWC"  # Swin and friends
