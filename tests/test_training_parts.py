@@ -42,39 +42,33 @@ def test_no_weight_decay_on_biases_and_norms_and_a_backbone_lr_factor():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
 
 
-def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+def learning_rates(cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate at every step of a schedule, from lr 1.0."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, OptimConfig(schedule="cosine", lr=1.0, warmup_epochs=1), 30, 10)
+    sched = build_scheduler(opt, cfg, total_steps, steps_per_epoch)
     lrs = []
-    for _ in range(30):
+    for _ in range(total_steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    lrs = learning_rates(OptimConfig(schedule="cosine", lr=1.0, warmup_epochs=1), 30, 10)
     assert lrs[:3] == pytest.approx([0.1, 0.2, 0.3])
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
 
 
 def test_step_schedule_decays_at_epoch_boundaries():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, OptimConfig(schedule="step", lr=1.0, step_epochs=2, step_gamma=0.1), 60, 10)
-    lrs = []
-    for _ in range(60):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = learning_rates(OptimConfig(schedule="step", lr=1.0, step_epochs=2, step_gamma=0.1), 60, 10)
     assert lrs[0] == lrs[19] == 1.0
     assert lrs[20] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1) and lrs[40] == pytest.approx(0.01)
 
 
 def test_poly_schedule_falls_as_puzzle_cams_poly_optimizer():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, OptimConfig(schedule="poly", lr=1.0, poly_power=0.9), 40, 10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = learning_rates(OptimConfig(schedule="poly", lr=1.0, poly_power=0.9), 40, 10)
     assert lrs[0] == 1.0
     assert lrs[10] == pytest.approx(0.75**0.9) and lrs[39] == pytest.approx((1 / 40) ** 0.9)
 
