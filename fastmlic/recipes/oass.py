@@ -240,8 +240,7 @@ class OASSModule(RecipeModule):
         backbone, head = self.model.backbone, self.model.head
         features = backbone(images)
         feature_map = features.as_map()
-        cams = head.cams(feature_map)
-        out = {"logits": cams.mean((2, 3)), "cams": cams, "grid": features.grid}
+        out = {**head(features), "grid": features.grid}  # logits and cams, as evaluation computes them
         if pieces:
             out["merged_cams"] = merge(head.cams(backbone(tile(images, pieces)).as_map()), pieces)
         if rois is not None:
