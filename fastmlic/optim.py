@@ -55,7 +55,7 @@ def build_scheduler(
             total_steps=total_steps,
             pct_start=cfg.pct_start,
         )
-    if cfg.schedule == "poly":  # DeepLab's, used by the CAM methods (Puzzle-CAM's PolyOptimizer)
+    if cfg.schedule == "poly":  # DeepLab's, the usual schedule of CAM and segmentation training
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: (1 - min(step, total_steps) / total_steps) ** cfg.poly_power
         )

@@ -67,7 +67,7 @@ def test_step_schedule_decays_at_epoch_boundaries():
     assert lrs[20] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1) and lrs[40] == pytest.approx(0.01)
 
 
-def test_poly_schedule_falls_as_puzzle_cams_poly_optimizer():
+def test_poly_schedule_falls_as_a_power_of_the_remaining_steps():
     lrs = learning_rates(OptimConfig(schedule="poly", lr=1.0, poly_power=0.9), 40, 10)
     assert lrs[0] == 1.0
     assert lrs[10] == pytest.approx(0.75**0.9) and lrs[39] == pytest.approx((1 / 40) ** 0.9)
