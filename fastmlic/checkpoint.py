@@ -6,8 +6,11 @@ name, so runs over a class subset, `init_from` across class sets and evaluation 
     classes, config   class names in the model's order; the resolved config (a dict)
     model             state dict of the recipe's trainable module
     source, metrics   best.pt: which weights ("raw" | "ema") and their validation metrics
-    state             TrainState (epoch, step, best so far, early-stopping count)
-    ema, optimizer, scheduler, scaler, rng, recipe    last.pt: the rest of the training state
+    state             TrainState (epoch, step, position in the epoch, best so far, early-stopping count)
+    ema, optimizer, scheduler, scaler, recipe    training states: the rest of what training changes
+    ranks             training states: per rank, its random generators and its loader's position
+                      (a DALI pipeline checkpoint for that backend)
+    data              training states: the sample count of each split the run reads
     teachers          {name: {"path", "sha256"}}: frozen models referenced, never copied
 """
 
@@ -23,7 +26,8 @@ import torch
 from torch import nn
 
 FORMAT = "fastmlic-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no mid-epoch position, one torch RNG state in `rng`
 
 
 @dataclass
@@ -36,6 +40,8 @@ class TrainState:
     best_raw: float = -1.0
     best_ema: float = -1.0
     bad_epochs: int = 0  # epochs since the best improved (early stopping)
+    batches: int = 0  # batches of epoch `epoch` already trained (a mid-epoch checkpoint)
+    epoch_loss_sum: float = 0.0  # the sum over ranks of those batches' losses, for the epoch's mean
 
 
 @dataclass
@@ -51,7 +57,9 @@ class Checkpoint:
     optimizer: dict | None = None
     scheduler: dict | None = None
     scaler: dict | None = None
-    rng: torch.Tensor | None = None
+    rng: torch.Tensor | None = None  # version 1 only
+    ranks: list[dict] = field(default_factory=list)
+    data: dict[str, int] = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     teachers: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -72,7 +80,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path}: not a readable fastmlic checkpoint ({e})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastmlic checkpoint (no '{FORMAT}' format marker)")
-    if raw.get("version") != FORMAT_VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise ValueError(
             f"{path}: checkpoint format version {raw.get('version')}, this fastmlic reads version "
             f"{FORMAT_VERSION}"

@@ -1,8 +1,10 @@
 """The one way every command ends on bad input: `error: <what and where>` and exit status 2,
-without a traceback (the message already names the file, key or step)."""
+without a traceback (the message already names the file, key or step). Under torchrun the message
+names the rank. A preempted training run exits with PREEMPTED (fastmlic/preemption.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -10,15 +12,27 @@ from .config import ConfigError
 from .data import DataError
 from .distributed import cleanup
 from .engine import NonFiniteLoss
+from .preemption import PREEMPTED, Preempted
+from .run import RunFolderError
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss,
+               RunFolderError)  # fmt: skip
 
 
 def exit_on_user_error(main: Callable[[], object]) -> int:
+    rank = int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+    where = f" (rank {rank})" if rank is not None else ""
     try:
         main()
+    except Preempted:
+        cleanup()
+        return PREEMPTED  # the trainer has printed where it saved and how to continue
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{where}: {e}", file=sys.stderr)
         cleanup()
         return 2
+    except Exception as e:  # a bug or a failed rank: the traceback, then one line saying which rank
+        if rank is not None:
+            print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
     return 0

@@ -151,6 +151,14 @@ class TrainConfig:
     init_from: str | None = option(None, "initialise the model from this checkpoint (e.g. a stage-one run)")
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder")
     log_every: int = option(20, "steps between training-loss records in the metrics log")
+    checkpoint_every_steps: int = option(0, "also save a resumable checkpoint every this many steps (0: off)")
+    checkpoint_every_minutes: float = option(
+        30.0, "also save a resumable checkpoint when this many minutes have passed since the last (0: off)"
+    )
+    keep_checkpoints: int = option(2, "training states kept in RUN/checkpoints (last.pt is kept besides)")
+    dist_timeout_minutes: float = option(
+        10.0, "DDP: a collective waiting this long for a dead or stuck rank fails (all ranks stop)"
+    )
     map_flavour: Literal["non_interpolated", "voc2012"] = option(
         "non_interpolated",
         "headline mAP: ASL/ML-GCN non-interpolated AP or the VOC2012 interpolated envelope",
@@ -412,6 +420,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.select_from=ema needs ema.enabled=true")
     if cfg.optim.accumulate < 1:
         raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} must be at least 1")
+    t = cfg.train
+    for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be 0 (off) or positive")
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints={t.keep_checkpoints} must be at least 1")
+    if t.dist_timeout_minutes <= 0:
+        raise ConfigError(f"train.dist_timeout_minutes={t.dist_timeout_minutes} must be positive")
     if len(set(d.classes)) != len(d.classes):
         duplicates = sorted({c for c in d.classes if d.classes.count(c) > 1})
         raise ConfigError(f"data.classes names {', '.join(duplicates)} more than once")

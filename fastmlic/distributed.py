@@ -3,6 +3,7 @@ the trainer needs. NCCL on GPU, Gloo on CPU."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -22,8 +23,13 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> Dist:
-    """Reads RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; without them, one process."""
+_control_group = None  # Gloo: small CPU collectives that must not wait for the GPU
+
+
+def init_distributed(device: str = "auto", timeout_minutes: float = 10.0) -> Dist:
+    """Reads RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; without them, one process. A
+    collective that waits `timeout_minutes` for a rank (dead, stuck) fails on every rank."""
+    global _control_group
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -36,8 +42,21 @@ def init_distributed(device: str = "auto") -> Dist:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                timeout=timeout)  # fmt: skip
+        _control_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else dist.group.WORLD
     return Dist(rank, world_size, local_rank, dev)
+
+
+def any_rank(flags: list[bool], world_size: int) -> list[bool]:
+    """Element-wise: is the flag set on any rank? On the CPU (Gloo), so asking it every step never
+    waits for the GPU's queue; every rank must ask at the same step."""
+    if world_size == 1:
+        return list(flags)
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
+    return [bool(v) for v in t.tolist()]
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -74,19 +74,39 @@ def combine_terms(
     return backward, report
 
 
+class EpochProgress:
+    """How far this rank is in an epoch: batches done and the sum of their losses (kept on the device
+    until read). A resumed epoch starts from a checkpoint's `batches` and `loss_sum`."""
+
+    def __init__(self, batches: int = 0, loss_sum: float = 0.0):
+        self.batches, self.carried = batches, loss_sum
+        self.losses: list[torch.Tensor] = []
+
+    def loss_sum(self) -> float:
+        # float64: the sum of float32 losses is then exact, so a resumed epoch's mean equals an
+        # uninterrupted one's whatever the split
+        return self.carried + (torch.stack(self.losses).double().sum().item() if self.losses else 0.0)
+
+
 def train_one_epoch(
-    parts: TrainParts, loader, ctx: StepContext, *, log_every: int = 20, on_log=None, progress: bool = False
-) -> EpochStats:
-    """One pass over `loader`; `ctx.step` counts optimiser steps. Logged losses are those of the
-    global batch (averaged over ranks), as one process would report them."""
+    parts: TrainParts, loader, ctx: StepContext, *, log_every: int = 20, on_log=None, progress: bool = False,
+    start: EpochProgress | None = None, after_step=None,
+) -> EpochStats:  # fmt: skip
+    """One pass over `loader`, or its rest from `start` (the loader is positioned there already);
+    `ctx.step` counts optimiser steps. Logged losses are those of the global batch (averaged over
+    ranks), as one process would report them. `after_step(progress)` runs after each optimiser step
+    (the trainer checkpoints there) and may raise to end the epoch."""
     p = parts
     p.net.train()
     total_batches = len(loader)
-    bar = tqdm(total=total_batches, disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0)
-    losses, images, wait = [], 0, 0.0
-    start = time.perf_counter()
+    done = start or EpochProgress()
+    first = done.batches
+    bar = tqdm(total=total_batches, initial=first, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0)  # fmt: skip
+    images, wait = 0, 0.0
+    start_time = time.perf_counter()
     it = iter(loader)
-    for i in range(total_batches):
+    for i in range(first, total_batches):
         t0 = time.perf_counter()
         try:
             batch = next(it)
@@ -100,7 +120,8 @@ def train_one_epoch(
                 terms = p.recipe.training_step(p.net, batch, ctx)
             backward, loss = combine_terms(terms, ctx.world_size, p.accumulate)
             (p.scaler.scale(backward) if p.scaler else backward).backward()
-        losses.append(loss)
+        done.losses.append(loss)
+        done.batches = i + 1
         images += len(batch)
         if last_micro:
             if p.scaler:
@@ -123,26 +144,30 @@ def train_one_epoch(
                 if not math.isfinite(row["loss"]):
                     raise NonFiniteLoss(
                         f"loss is {row['loss']} at step {ctx.step}; try a lower optim.lr, optim.grad_clip, "
-                        "or train.amp=bf16 instead of fp16. The last checkpoint before it is kept."
+                        "or train.amp=bf16 instead of fp16."
                     )
                 if on_log:
                     on_log(row)
+            if after_step is not None and done.batches < total_batches:
+                after_step(done)
         bar.update(1)
         if progress and i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     bar.close()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
-    seconds = time.perf_counter() - start
-    mean_loss = torch.stack(losses).float().mean().item() if losses else float("nan")
+    seconds = time.perf_counter() - start_time
+    batches = done.batches
+    loss_sum = all_reduce_sum([done.loss_sum()], ctx.world_size)[0]
+    mean_loss = loss_sum / max(1, batches * ctx.world_size)
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(
             f"mean training loss is {mean_loss} in the epoch ending at step {ctx.step}; try a "
             "lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16."
         )
-    images_all, wait_sum, loss_sum = all_reduce_sum([images, wait / seconds, mean_loss], ctx.world_size)
-    world = ctx.world_size
-    return EpochStats(loss_sum / world, int(images_all), seconds, wait_sum / world, len(losses))
+    images_all, wait_sum = all_reduce_sum([images, wait / seconds], ctx.world_size)
+    # images/s and data wait: the batches this process ran (all of them unless the epoch was resumed)
+    return EpochStats(mean_loss, int(images_all), seconds, wait_sum / ctx.world_size, batches - first)
 
 
 def _step_row(loss: torch.Tensor, terms: dict[str, Term], ctx: StepContext, lr: float) -> dict:

@@ -58,13 +58,15 @@ def read_summary(folder: Path) -> dict | None:
 
 
 def stage_status(stage: Stage) -> str:
-    """'done', 'interrupted' (a run with a last.pt that has not finished) or 'to do'."""
+    """'done', 'interrupted' (a run with a checkpoint that has not finished) or 'to do'."""
+    from .run import resumable  # imports torch: not needed for --help
+
     if stage.make is not None:
         return "done" if all(p.is_file() for p in stage.outputs) else "to do"
     summary = read_summary(stage.folder)
     if summary is not None and summary.get("finished"):
         return "done"
-    return "interrupted" if (stage.folder / "last.pt").is_file() else "to do"
+    return "interrupted" if resumable(stage.folder) else "to do"
 
 
 def best_class_ap(folder: Path, summary: dict) -> dict[str, float]:
@@ -115,8 +117,9 @@ def summary_lines(stages: list[Stage], root: Path, ran: list[str]) -> list[str]:
 
 
 def run_stage(stage: Stage, dist) -> dict | None:
-    """Run one stage here; a training run resumes from its last.pt when it has one."""
+    """Run one stage here; a training run resumes from its newest checkpoint when it has one."""
     from .distributed import barrier
+    from .run import resumable
     from .train import print_summary
     from .trainer import Trainer
 
@@ -126,7 +129,7 @@ def run_stage(stage: Stage, dist) -> dict | None:
         barrier(dist.world_size)
         return None
     cfg = stage.config()
-    resume = stage.folder if (stage.folder / "last.pt").is_file() else None
+    resume = stage.folder if resumable(stage.folder) else None
     trainer = Trainer(cfg, dist, resume)
     summary = trainer.fit()
     print_summary(trainer.run, summary, dist)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline
     if args.status:
         print("\n".join(summary_lines(stages, root, ran)))
         return {"root": str(root), "stages": {s.name: stage_status(s) for s in stages}}
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     stopped = None
     for i, stage in enumerate(chosen, 1):
         status = stage_status(stage)

@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--cfg", help="config name (fastmlic/configs) or YAML path; default: digits")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder from last.pt")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in this folder from its newest readable checkpoint")  # fmt: skip
     args, overrides = p.parse_known_args(argv)
     if args.resume:
         saved = args.resume / "config.yaml"
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, resume = parse_args(argv)
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     trainer = Trainer(cfg, dist, resume)
     summary = trainer.fit()
     print_summary(trainer.run, summary, dist)
@@ -71,4 +72,7 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_on_user_error(main))
+    # torchrun's failure report then shows the failed rank's exception, not only its exit code
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(exit_on_user_error)(main))

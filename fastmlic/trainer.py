@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import resource
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +24,20 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import Checkpoint, TrainState, class_difference, file_sha256, load_checkpoint, load_weights
 from .config import Config, ConfigError, load_config
 from .data import Batch, build_loader, split_json
-from .distributed import Dist, broadcast_object
-from .engine import EpochStats, TrainParts, autocast, combine_terms, evaluate, resolve_amp, train_one_epoch
+from .distributed import Dist, all_gather_objects, all_reduce_sum, any_rank, broadcast_object
+from .engine import (
+    EpochProgress,
+    EpochStats,
+    NonFiniteLoss,
+    TrainParts,
+    autocast,
+    combine_terms,
+    evaluate,
+    resolve_amp,
+    train_one_epoch,
+)
 from .optim import build_optimizer, build_scheduler
+from .preemption import Preempted, StopSignals
 from .recipes import RECIPES, DataRequest, Recipe, RecipeModule, StepContext
 from .run import RunDir
 
@@ -101,6 +114,20 @@ def freeze_unused(recipe: Recipe, module: RecipeModule, cfg: Config, views: int,
     return [n for n, _ in unused]
 
 
+def rng_states(device: torch.device) -> dict:
+    """Every random generator a training step may draw from, on this process."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state(states["cuda"])
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -116,13 +143,9 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.amp = resolve_amp(t.amp, dist.device)
         name = t.name or RunDir.default_name(cfg.data.dataset, cfg.model.backbone)
-        self.run = RunDir(resume or Path(t.out_dir) / broadcast_object(name, dist.world_size), dist.is_main)
-        if resume:
-            self.run.check_resume(cfg.to_dict())
-        else:
-            self.run.create(cfg.to_dict())
-        if t.tensorboard:
-            self.run.enable_tensorboard()
+        self.run = RunDir(resume or Path(t.out_dir) / broadcast_object(name, dist.world_size), dist.is_main,
+                          dist.rank)  # fmt: skip
+        changed = self.run.check_resume(cfg.to_dict()) if resume else []
 
         recipe_type = RECIPES.lookup(cfg.recipe.name)
         request = recipe_type.data_request(cfg)
@@ -132,8 +155,13 @@ class Trainer:
         self.module = self._build_module(request.views)
         self.parts = self._build_parts()
         self.state = TrainState()
+        self.saved: tuple[int, Path] | None = None  # (step, path) of the newest training state written
         if resume:
-            self._restore(load_checkpoint(self.run.path / "last.pt"))
+            self._restore(changed)
+        else:  # made only now: bad input found while building leaves no folder behind
+            self.run.create(cfg.to_dict())
+        if t.tensorboard:
+            self.run.enable_tensorboard()
         net = torch.compile(self.module) if t.compile else self.module
         if dist.world_size > 1:
             device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
@@ -191,30 +219,142 @@ class Trainer:
             refs[name] = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
         return refs
 
-    def _restore(self, ckpt: Checkpoint) -> None:
-        p, where = self.parts, f"--resume {self.run.path}"
-        load_weights(self.module, ckpt.model, ckpt.classes, self.classes, [], where)
+    def _restore(self, changed: list[str]) -> None:
+        """Load the newest readable training state: weights, optimiser, schedule, EMA, scaler, recipe
+        state, each rank's random generators and its loader's position in the epoch."""
+        cfg, p, run = self.cfg, self.parts, self.run
+        ckpt, path = run.load_training_state()
+        where = f"--resume {run.path}"
+        load_weights(self.module, ckpt.model, ckpt.classes, self.classes, [], f"{where} ({path.name})")
         for name, ref in ckpt.teachers.items():
             now = self.teacher_refs.get(name, {}).get("sha256")
             if now != ref["sha256"]:
                 raise ValueError(f"{where}: teacher {name!r} ({ref['path']}) is not the file the run started "
                                  f"with (sha256 {ref['sha256'][:12]}, now {str(now)[:12]})")  # fmt: skip
+        self._check_changes(ckpt, changed)
         p.optimizer.load_state_dict(ckpt.optimizer)
-        p.scheduler.load_state_dict(ckpt.scheduler)
+        if ckpt.config["train"]["epochs"] == cfg.train.epochs:
+            p.scheduler.load_state_dict(ckpt.scheduler)
+        else:  # the schedule built for the new length, at the step reached
+            p.scheduler.last_epoch = ckpt.state.step - 1
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": meant here
+                warnings.simplefilter("ignore", UserWarning)
+                p.scheduler.step()
         if p.ema is not None:
             p.ema.load_state_dict(ckpt.ema)
         if p.scaler is not None:
             p.scaler.load_state_dict(ckpt.scaler)
         self.recipe.load_state_dict(ckpt.recipe)
-        torch.set_rng_state(ckpt.rng)
-        self.state = ckpt.state
-        self.run.log(f"resumed {self.run.path} after epoch {self.state.epoch} (step {self.state.step})")
+        self.state, rank = ckpt.state, self.dist.rank
+        if ckpt.ranks and len(ckpt.ranks) == self.dist.world_size:
+            set_rng_states(ckpt.ranks[rank]["rng"])
+            self.train_loader.load_state_dict(ckpt.ranks[rank]["loader"])
+        elif self.state.batches:
+            raise ValueError(f"{where}: {path.name} was saved mid-epoch by {len(ckpt.ranks)} processes; "
+                             f"resume it with as many (now {self.dist.world_size})")  # fmt: skip
+        else:  # a version-1 file, or another world size at an epoch's end: the epoch order is seeded
+            torch.set_rng_state(ckpt.rng if ckpt.rng is not None else ckpt.ranks[0]["rng"]["torch"])
+            if self.train_loader.backend == "dali":
+                run.log(f"warning: {path.name} holds no DALI state for {self.dist.world_size} processes; "
+                        "DALI's shuffling starts afresh")  # fmt: skip
+        dropped = run.rewind_metrics(self.state.step, self.state.epoch)
+        if changed:
+            run.write_config(cfg.to_dict())
+        self.saved = (self.state.step, path)
+        position = f", batch {self.state.batches}/{len(self.train_loader)}" if self.state.batches else ""
+        dropped = f"; dropped {dropped} metrics rows written after it" if dropped else ""
+        run.log(f"resumed {run.path} from {path.name}: epoch {self.state.epoch + 1}{position}, step "
+                f"{self.state.step}{dropped}")  # fmt: skip
+
+    def _check_changes(self, ckpt: Checkpoint, changed: list[str]) -> None:
+        """The keys that may change on resume under a condition: a longer run, shards that moved."""
+        cfg, where = self.cfg, f"--resume {self.run.path}"
+        old_epochs = ckpt.config["train"]["epochs"]
+        if "train.epochs" in changed:
+            if cfg.train.epochs < old_epochs:
+                raise ValueError(f"{where}: train.epochs={cfg.train.epochs} is shorter than the run's "
+                                 f"{old_epochs}; a resumed run may only get longer")  # fmt: skip
+            self.run.log(f"train.epochs: {old_epochs} -> {cfg.train.epochs}; the learning-rate schedule "
+                         f"is that of the new length from step {ckpt.state.step} on")  # fmt: skip
+        if "data.shards" in changed:
+            now = {"train": self.train_loader.info.num_samples, "val": self.val_loader.info.num_samples}
+            if ckpt.data and ckpt.data != now:
+                raise ValueError(f"{where}: data.shards={cfg.data.shards} holds other splits than the run's "
+                                 f"({now} samples, the run had {ckpt.data})")  # fmt: skip
+            sizes = " and split sizes" if ckpt.data else "; this checkpoint records no split sizes"
+            self.run.log(f"data.shards: {ckpt.config['data']['shards']} -> {cfg.data.shards} (same classes"
+                         f"{sizes})")  # fmt: skip
 
     def _checkpoint(self, kind: str, weights: dict, **extra) -> dict:
         return Checkpoint(kind=kind, classes=self.classes, config=self.cfg.to_dict(), model=weights,
                           teachers=self.teacher_refs, **extra).to_dict()  # fmt: skip
 
+    def _training_state(self, progress: EpochProgress | None) -> dict | None:
+        """Everything to continue from here, on rank 0 (None elsewhere): every rank sends its random
+        generators and its loader's position; `progress` is the unfinished epoch's, if any."""
+        p, s, world = self.parts, self.state, self.dist.world_size
+        s.batches = progress.batches if progress else 0
+        s.epoch_loss_sum = all_reduce_sum([progress.loss_sum()], world)[0] if progress else 0.0
+        mine = {"rng": rng_states(self.dist.device), "loader": self.train_loader.state_dict()}
+        ranks = all_gather_objects(mine, world)
+        if not self.dist.is_main:
+            return None
+        return self._checkpoint(
+            "last", self.module.state_dict(), state=s, ema=p.ema.state_dict() if p.ema is not None else None,
+            optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(),
+            scaler=p.scaler.state_dict() if p.scaler else None, recipe=self.recipe.state_dict(), ranks=ranks,
+            data={"train": self.train_loader.info.num_samples, "val": self.val_loader.info.num_samples},
+        )  # fmt: skip
+
+    def _save(self, progress: EpochProgress | None) -> Path:
+        state = self._training_state(progress)
+        path = self.run.save_training_state(state, self.state.step, end_of_epoch=progress is None,
+                                            keep=self.cfg.train.keep_checkpoints)  # fmt: skip
+        self.saved, self._saved_at = (self.state.step, path), time.monotonic()
+        return path
+
+    def _after_step(self, progress: EpochProgress) -> None:
+        """Save mid-epoch when a checkpoint is due (every N steps, M minutes by rank 0's clock) or a
+        stop signal came to any rank; then stop if one came. All ranks decide together."""
+        t, step = self.cfg.train, self.state.step
+        by_steps = bool(t.checkpoint_every_steps) and step % t.checkpoint_every_steps == 0
+        by_time = (self.dist.is_main and bool(t.checkpoint_every_minutes)
+                   and time.monotonic() - self._saved_at >= 60 * t.checkpoint_every_minutes)  # fmt: skip
+        flags = [self.signals.received is not None, by_steps or by_time]
+        signalled, due = any_rank(flags, self.dist.world_size)
+        if signalled or due:
+            path = self._save(progress)
+            if signalled:
+                self._stop_preempted(path)
+
+    def _stop_preempted(self, path: Path) -> None:
+        s = self.state
+        where = f"epoch {s.epoch + 1}, batch {s.batches}" if s.batches else f"the end of epoch {s.epoch}"
+        signal = self.signals.name or "a stop signal on another rank"
+        message = (f"preempted by {signal} at step {s.step} ({where}); saved {path}\n"
+                   f"continue with: python fastmlic/train.py --resume {self.run.path}")  # fmt: skip
+        self.run.log(message)
+        raise Preempted(message)
+
     def fit(self) -> dict:
+        """The epoch loop, listening for stop signals (see fastmlic/preemption.py); errors and warnings
+        also go to log.txt."""
+        with StopSignals() as self.signals, self.run.capture_warnings():
+            try:
+                return self._fit()
+            except NonFiniteLoss as e:
+                kept = (f"the newest checkpoint, {self.saved[1]} (step {self.saved[0]}), is from before it"
+                        if self.saved else "no checkpoint was written before it")  # fmt: skip
+                error = NonFiniteLoss(f"{e} {kept[0].upper()}{kept[1:]}.")
+                self.run.log_error(str(error))
+                raise error from None
+            except Preempted:
+                raise
+            except BaseException as e:
+                self.run.log_error(f"{type(e).__name__}: {e}")
+                raise
+
+    def _fit(self) -> dict:
         cfg, dist, run, p, s = self.cfg, self.dist, self.run, self.parts, self.state
         t = cfg.train
         run.log(
@@ -223,20 +363,32 @@ class Trainer:
             f"{cfg.data.val_split} images, {self.train_loader.backend} data, "
             f"{dist.world_size} x {dist.device.type}, amp {self.amp}"
         )
-        ctx = StepContext(step=s.step, epoch=s.epoch, total_steps=t.epochs * self.steps_per_epoch,
-                          device=dist.device, amp=self.amp, rank=dist.rank, world_size=dist.world_size,
-                          ema=p.ema)  # fmt: skip
+        self.ctx = ctx = StepContext(step=s.step, epoch=s.epoch, total_steps=t.epochs * self.steps_per_epoch,
+                                     device=dist.device, amp=self.amp, rank=dist.rank,
+                                     world_size=dist.world_size, ema=p.ema)  # fmt: skip
+        self._saved_at = time.monotonic()
         last_stats: EpochStats | None = None
         epochs_run = 0
         for epoch in range(s.epoch, t.epochs):
-            self.train_loader.set_epoch(epoch)
+            start = None
+            if s.batches:  # resumed mid-epoch: the loader is there already
+                start = EpochProgress(s.batches, s.epoch_loss_sum if dist.is_main else 0.0)
+            else:
+                self.train_loader.set_epoch(epoch)
             ctx.epoch = epoch
             log = lambda row, e=epoch: run.record({"kind": "train", "epoch": e, **row})  # noqa: E731
+
+            def after_step(progress: EpochProgress) -> None:
+                s.step = ctx.step
+                self._after_step(progress)
+
             stats = train_one_epoch(p, self.train_loader, ctx, log_every=t.log_every, on_log=log,
-                                    progress=dist.is_main)  # fmt: skip
-            s.step, s.epoch = ctx.step, epoch + 1
+                                    progress=dist.is_main, start=start, after_step=after_step)  # fmt: skip
+            s.step, s.epoch, s.batches = ctx.step, epoch + 1, 0
             self._end_of_epoch(stats)
             last_stats, epochs_run = stats, epochs_run + 1
+            if any_rank([self.signals.received is not None], dist.world_size)[0]:
+                self._stop_preempted(self.saved[1])
             if t.patience and s.bad_epochs >= t.patience:
                 run.log(f"early stop: no better mAP for {t.patience} epochs")
                 break
@@ -262,7 +414,7 @@ class Trainer:
         return summary
 
     def _end_of_epoch(self, stats: EpochStats) -> None:
-        """Evaluate raw and EMA weights, record the epoch, keep best.pt and last.pt."""
+        """Evaluate raw and EMA weights, record the epoch, keep best.pt and the training state."""
         cfg, dist, p, s = self.cfg, self.dist, self.parts, self.state
         evals = {"raw": self.module} if p.ema is None else {"raw": self.module, "ema": p.ema.module}
         where = dict(device=dist.device, amp=self.amp, world_size=dist.world_size)
@@ -287,11 +439,7 @@ class Trainer:
             s.best_map, s.best_source, s.best_epoch = metrics[best_name]["mAP"], best_name, s.epoch
             self.run.save("best.pt", self._checkpoint("best", evals[best_name].state_dict(), source=best_name,
                                                       metrics=metrics[best_name], state=s))  # fmt: skip
-        self.run.save("last.pt", self._checkpoint(
-            "last", self.module.state_dict(), state=s, ema=p.ema.state_dict() if p.ema is not None else None,
-            optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(),
-            scaler=p.scaler.state_dict() if p.scaler else None, rng=torch.get_rng_state(),
-            recipe=self.recipe.state_dict()))  # fmt: skip
+        self._save(None)
         self.run.log(
             f"epoch {s.epoch}/{cfg.train.epochs}  loss {stats.loss:.4g}  mAP raw {metrics['raw']['mAP']:.4f}"
             + (f"  ema {metrics['ema']['mAP']:.4f}" if "ema" in metrics else "")

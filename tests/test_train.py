@@ -19,6 +19,7 @@ from fastmlic.checkpoint import Checkpoint
 from fastmlic.engine import NonFiniteLoss
 from fastmlic.recipes import RECIPES
 from fastmlic.recipes.standard import Standard
+from fastmlic.run import RunFolderError
 
 TINY = [
     "--data.image_size=32",
@@ -108,7 +109,7 @@ def test_resume_with_another_config_stops_and_says_what_differs(shards, tmp_path
     run_train(shards, tmp_path, "r", "--train.epochs=1")
     with pytest.raises(ValueError, match=r"optim.lr: run has 0.002, command line gives 0.1"):
         train.main(["--resume", str(tmp_path / "r"), "--optim.lr=0.1"])
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunFolderError, match="--resume"):
         run_train(shards, tmp_path, "r", "--train.epochs=1")
 
 

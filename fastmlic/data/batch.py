@@ -90,11 +90,23 @@ class LoaderBase:
         self.cutout_rngs = [torch.Generator(self.device).manual_seed(self.cutout_seed) for _ in range(views)]
         self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
         self.epoch = 0
+        self.position = 0  # batches yielded in this epoch: where a resumed epoch starts
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.position = epoch, 0
         for view, rng in enumerate(self.cutout_rngs):  # Cutout follows the epoch
             rng.manual_seed(self.cutout_seed * 10_007 + epoch + view * 1_000_000_007)
+
+    def state_dict(self) -> dict:
+        """Where this rank's loader is: epoch, batches yielded, the Cutout generators (a backend adds
+        its own state). Loading it makes the next batch the one an uninterrupted run would see."""
+        return {"epoch": self.epoch, "position": self.position,
+                "cutout": [rng.get_state() for rng in self.cutout_rngs]}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        for rng, saved in zip(self.cutout_rngs, state["cutout"], strict=True):
+            rng.set_state(saved)
 
     def _finish(self, views: list[torch.Tensor], targets, ignore, keys: list[str]) -> Batch:
         finished = []
@@ -106,6 +118,7 @@ class LoaderBase:
             if self.train and self.cfg.cutout > 0:
                 cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, rng)
             finished.append(images)
+        self.position += 1
         if self.columns is not None:
             targets = targets[:, self.columns]
             ignore = ignore[:, self.columns] if ignore is not None else None

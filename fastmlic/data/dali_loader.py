@@ -129,12 +129,19 @@ class DaliLoader(LoaderBase):
         views: int = 1,
         subset: tuple | None = None,
     ):
-        from nvidia.dali import pipeline_def
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
         super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed, views=views,
                          subset=subset)  # fmt: skip
         self.root, self.rank, self.world_size = Path(root), rank, world_size  # DALI reshuffles per epoch
+        self.seed = seed
+        self._build()
+
+    def _build(self, checkpoint: str | None = None) -> None:
+        """The pipeline and its iterator; restored from a DALI checkpoint when one is given (its
+        readers' positions, shuffle buffers and random generators: the next batch is the one the
+        checkpointed pipeline would have given). Training pipelines track their state for that."""
+        from nvidia.dali import pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
         gpu = self.device.type == "cuda"
         device_id = (
             (self.device.index if self.device.index is not None else torch.cuda.current_device())
@@ -144,30 +151,41 @@ class DaliLoader(LoaderBase):
         graph = pipeline_def(_graph, enable_conditionals=True)  # RandAugment selects ops with `if`
         with _quiet_dali_deprecations():
             self.pipe = graph(
-                info,
+                self.shard_info,
                 self.root,
-                cfg,
-                train,
-                rank,
-                world_size,
+                self.cfg,
+                self.train,
+                self.rank,
+                self.world_size,
                 gpu,
-                views,
-                batch_size=cfg.batch_size,
-                num_threads=max(1, cfg.workers),
+                self.views,
+                batch_size=self.cfg.batch_size,
+                num_threads=max(1, self.cfg.workers),
                 device_id=device_id,
-                seed=seed * 1_000_003 + rank,
+                seed=self.seed * 1_000_003 + self.rank,
+                enable_checkpointing=self.train,
+                checkpoint=checkpoint,
             )
             self.pipe.build()
-            self.view_names = [f"view{v}" for v in range(views)]
-            names = [*self.view_names, "source", "targets"] + (["ignore"] if info.has_ignore else [])
+            self.view_names = [f"view{v}" for v in range(self.views)]
+            ignore = ["ignore"] if self.shard_info.has_ignore else []
+            names = [*self.view_names, "source", "targets", *ignore]
             self.iterator = DALIGenericIterator(
                 [self.pipe],
                 names,
                 reader_name=READER,
                 auto_reset=True,
                 # training fills the last batch (a few repeats, full steps); evaluation never repeats
-                last_batch_policy=LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL,
+                last_batch_policy=LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL,
             )
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "dali": self.iterator.checkpoints()[0]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        del self.iterator, self.pipe  # its threads and buffers go before the restored pipeline's come
+        self._build(state["dali"])
 
     def __len__(self) -> int:
         return len(self.iterator)

@@ -50,21 +50,22 @@ class EvalSampler(Sampler):
 
 class TrainSampler(Sampler):
     """A permutation per epoch, the same on every rank (seeded by seed and epoch), padded by
-    wrapping to a multiple of the world size and dealt round-robin."""
+    wrapping to a multiple of the world size and dealt round-robin. `start` skips this rank's first
+    samples of the epoch (a resumed epoch)."""
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int):
         self.num_samples, self.rank, self.world_size, self.seed = num_samples, rank, world_size, seed
         self.per_rank = math.ceil(num_samples / world_size)
-        self.epoch = 0
+        self.epoch = self.start = 0
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=g).tolist()
         order += order[: self.per_rank * self.world_size - self.num_samples]
-        return ((i, self.epoch) for i in order[self.rank :: self.world_size])
+        return ((i, self.epoch) for i in order[self.rank :: self.world_size][self.start :])
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.start
 
 
 def image_transform(cfg: DataConfig, train: bool) -> v2.Compose:
@@ -222,12 +223,22 @@ class TorchLoader(LoaderBase):
             prefetch_factor=4 if cfg.workers > 0 else None,
         )
 
+        self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
+
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.sampler.epoch = epoch
+        if self.train:
+            self.sampler.start = 0
+
+    def load_state_dict(self, state: dict) -> None:
+        """Augmentation is drawn per (seed, epoch, sample), so skipping the samples already trained on
+        is all an exact resume needs."""
+        super().load_state_dict(state)
+        self.sampler.epoch, self.sampler.start = self.epoch, self.position * self.cfg.batch_size
 
     def __iter__(self):
         for raw in self.loader:
