@@ -65,7 +65,8 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
     lines.append(f"peak {memory}: {s['peak_memory_mb']:.0f} MB (rank 0)")
     if s["skipped_images"]:
         lines.append(f"skipped undecodable images: {s['skipped_images']} (listed in log.txt warnings)")
-    lines += [f"run folder: {run.path}  (best.pt, last.pt, metrics.jsonl, log.txt, config.yaml)",
+    files = "best.pt, last.pt, checkpoints/, metrics.jsonl, log.txt, config.yaml"
+    lines += [f"run folder: {run.path}  ({files})",
               f"evaluate:   python -m fastmlic.evaluate --ckpt {run.path / 'best.pt'}",
               "=" * 64]  # fmt: skip
     run.log("\n" + "\n".join(lines))

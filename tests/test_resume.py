@@ -180,6 +180,20 @@ def test_a_full_disk_is_an_error_naming_the_file_and_the_previous_checkpoint_sta
     assert "No space left on device" in (run / "log.txt").read_text()
 
 
+def test_a_read_only_folder_is_named_with_the_cause_and_no_temporary_file_stays(tmp_path, monkeypatch):
+    from fastmlic import run as run_module
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(run_module.os, "replace", read_only)
+    folder = run_module.RunDir(tmp_path, is_main=True)
+    expected = rf"cannot write {tmp_path}/checkpoints/step-00000005.pt: Read-only file system \(the folder"
+    with pytest.raises(RunFolderError, match=expected):
+        folder.save_training_state({"x": 1}, 5, end_of_epoch=True, keep=2)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
 def test_a_folder_that_cannot_be_made_is_named_and_nothing_is_left(shards, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -284,3 +298,32 @@ def test_a_rank_that_raises_stops_every_rank_and_is_named(shards, tmp_path):
     assert "rank 1 failed: RuntimeError: rank one broke at step 3" in proc.stderr
     log = (tmp_path / "dead" / "log.txt").read_text()
     assert "error (rank 1): RuntimeError: rank one broke at step 3" in log
+
+
+@pytest.mark.dist
+def test_sigterm_to_torchrun_stops_both_ranks_together_and_the_resume_is_exact(shards, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--data.batch_size=16", "--model.backbone=test_convnext", "--ema.enabled=false",
+              "--train.epochs=2"]  # fmt: skip
+
+    def launch(port, *command):
+        return subprocess.Popen([torchrun, "--nproc_per_node=2", f"--master_port={port}",
+                                 str(ROOT / "fastmlic" / "train.py"), *command], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    whole = launch(29542, *args(shards, tmp_path, "whole", "torch", *common))
+    assert whole.wait(timeout=300) == 0, whole.communicate()
+    agent = launch(29543, *args(shards, tmp_path, "term", "torch", *common))
+    run = tmp_path / "term"
+    wait_for_step(agent, run, STEPS_PER_EPOCH + 2)  # 8 steps per epoch: 256 images, 2 x 16 per step
+    agent.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    out, err = agent.communicate(timeout=120)
+    assert "preempted by SIGTERM" in out, err
+    newest = torch.load(sorted((run / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    assert newest["state"]["batches"] > 0 and len(newest["ranks"]) == 2
+    resumed = launch(29544, "--resume", str(run))
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()
+    assert step_losses(run) == step_losses(tmp_path / "whole")
+    ours, theirs = (torch.load(x / "last.pt", weights_only=False)["model"] for x in (run, tmp_path / "whole"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
