@@ -4,6 +4,7 @@ names the rank. A preempted training run exits with PREEMPTED (fastmlic/preempti
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,22 @@ from .run import RunFolderError
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss,
                RunFolderError)  # fmt: skip
+
+
+def probability(text: str) -> float:
+    """argparse type: a score threshold in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1] (a sigmoid score)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
 
 
 def exit_on_user_error(main: Callable[[], object]) -> int:

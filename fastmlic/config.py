@@ -388,8 +388,24 @@ def load_config(
     return config
 
 
+# (section.key, lowest allowed value, what the range means): checked before anything is built
+RANGES = [
+    ("train.epochs", 1, "at least 1"), ("optim.lr", 0, "0 or more"), ("optim.weight_decay", 0, "0 or more"),
+    ("optim.grad_clip", 0, "0 (off) or more"), ("data.workers", 0, "0 (in the main process) or more"),
+    ("data.shuffle_buffer", 1, "at least 1"), ("train.log_every", 1, "at least 1"),
+    ("train.patience", 0, "0 (never) or more"), ("train.stop_after", 0, "0 (never) or more"),
+]  # fmt: skip
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks; each message names the flag to change."""
+    """Range and cross-field checks; each message names the flag to change."""
+    for key, low, meaning in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < low:
+            raise ConfigError(f"{key}={value} must be {meaning}")
+    if not 0 <= cfg.train.threshold <= 1:
+        raise ConfigError(f"train.threshold={cfg.train.threshold} must be in [0, 1] (a sigmoid score)")
     d = cfg.data
     if d.image_size < 16:
         raise ConfigError(f"data.image_size={d.image_size} is too small; use at least 16")

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from .cli import exit_on_user_error
+from .cli import exit_on_user_error, probability
 from .data import build_loader, split_json
 from .distributed import cleanup, init_distributed
 from .engine import collect_predictions, gather_predictions
@@ -23,13 +23,18 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt or RUN/last.pt)")
     p.add_argument("--split", help="split to evaluate (default: the run's data.val_split)")
-    p.add_argument("--threshold", type=float, help="score threshold for CP/CR/... (default: the run's)")
+    p.add_argument("--threshold", type=probability, help="score threshold for CP/CR/... (default: the run's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args, overrides = p.parse_known_args(argv)
     dist = init_distributed("auto")
     model = load_for_inference(args.ckpt, overrides, dist.device)
     cfg = model.cfg
     split = args.split or cfg.data.val_split
+    path = split_json(cfg.data, split)
+    if not path.is_file() and path.parent.is_dir():  # a typo: say which splits there are
+        there = sorted(p.stem for p in path.parent.glob("[!.]*.json"))  # not the hidden build journals
+        raise FileNotFoundError(f"--split {split}: no {path.name} in {path.parent}; splits there: "
+                                f"{', '.join(there) or 'none'}")  # fmt: skip
     # the checkpoint's classes, by name: a run over a class subset is evaluated on that subset
     loader = build_loader(split_json(cfg.data, split), cfg.data, train=False, rank=dist.rank,
                           world_size=dist.world_size, device=dist.device, classes=model.classes)  # fmt: skip

@@ -6,10 +6,11 @@ A recipe whose result takes more than one training run (part teachers, then a st
 (`Recipe.stages`). Each is a training run in its own run folder under PIPELINE = train.out_dir /
 train.name (default: the preset's file name), or a step that writes files into PIPELINE. A stage runs
 once the stages it needs are done. The same command again goes on where the last one stopped: a
-finished run is skipped (its summary.json says so), an interrupted one resumes from its last.pt, a step
-whose files exist is skipped. `--stage NAME` (repeatable) runs only those stages, e.g. every teacher on
-its own GPU or node at the same time; `--status` lists the stages and does nothing else. Overrides
-apply to the preset, so to every stage derived from it. Under `torchrun` every run uses all processes.
+finished run is skipped (its summary.json says so), an interrupted one resumes from its newest
+checkpoint, a step whose files exist is skipped. `--stage NAME` (repeatable) runs only those stages,
+e.g. every teacher on its own GPU or node at the same time; `--status` lists the stages and does
+nothing else. Overrides apply to the preset, so to every stage derived from it. Under `torchrun`
+every run uses all processes.
 
 The summary lists each run's best mAP on its own classes beside the final run's mAP on those classes.
 """

@@ -1,6 +1,6 @@
 """Predict labels for image files: `python -m fastmlic.predict --ckpt RUN/best.pt IMAGE ... [--top-k 5 |
---threshold 0.5] [--json]`. Images are resized as in evaluation; unreadable files are reported and
-skipped."""
+--threshold 0.5] [--json]`. Images are resized as in evaluation. An unreadable file (or a folder) gets
+a record with its error (in --json too) and the others are still predicted; the command then exits 2."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli import exit_on_user_error
+from .cli import exit_on_user_error, positive_int, probability
 from .data.batch import normalize_uint8
 from .engine import autocast
 from .trainer import load_for_inference
@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt)")
-    p.add_argument("--top-k", type=int, help="report the k best labels of each image")
-    p.add_argument("--threshold", type=float, help="report labels scoring at least this (default: the run's)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=positive_int, help="report the k best labels of each image")
+    p.add_argument("--threshold", type=probability,
+                   help="report labels scoring at least this (default: the run's)")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image (`error` instead of `labels` if unreadable)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=32)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(args.ckpt, [], device)
@@ -42,31 +44,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     results = []
     for start in range(0, len(args.images), args.batch_size):
-        paths, pixels = [], []
-        for path in args.images[start : start + args.batch_size]:
+        batch = args.images[start : start + args.batch_size]
+        found, paths, pixels = {}, [], []
+        for path in batch:
             try:
                 pixels.append(load_image(path, size))
                 paths.append(path)
             except (OSError, ValueError) as e:
-                print(f"{path}: skipped, not a readable image ({e})", file=sys.stderr)
-        if not pixels:
-            continue
-        images = normalize_uint8(torch.stack(pixels).to(device), cfg.data.mean, cfg.data.std, torch.float32)
-        with torch.no_grad(), autocast(device, model.amp):
-            scores = torch.sigmoid(model.module.predict(images)["logits"].float()).cpu().numpy()
-        for path, row in zip(paths, scores, strict=True):
-            order = np.argsort(-row)
-            chosen = order[: args.top_k] if args.top_k else [c for c in order if row[c] >= threshold]
-            labels = [{"label": classes[c], "score": round(float(row[c]), 4)} for c in chosen]
-            results.append({"image": str(path), "labels": labels})
+                found[path] = {"image": str(path), "error": f"not a readable image ({e})"}
+        if pixels:
+            uint8 = torch.stack(pixels).to(device)
+            images = normalize_uint8(uint8, cfg.data.mean, cfg.data.std, torch.float32)
+            with torch.no_grad(), autocast(device, model.amp):
+                scores = torch.sigmoid(model.module.predict(images)["logits"].float()).cpu().numpy()
+            for path, row in zip(paths, scores, strict=True):
+                order = np.argsort(-row)
+                chosen = order[: args.top_k] if args.top_k else [c for c in order if row[c] >= threshold]
+                labels = [{"label": classes[c], "score": round(float(row[c]), 4)} for c in chosen]
+                found[path] = {"image": str(path), "labels": labels}
+        results += [found[path] for path in batch]  # in the order given
     for r in results:
         if args.json:
             print(json.dumps(r))
+        elif "error" in r:
+            print(f"{r['image']}: skipped, {r['error']}", file=sys.stderr)
         else:
             labels = (
                 ", ".join(f"{x['label']} {x['score']:.3f}" for x in r["labels"]) or "(none above threshold)"
             )
             print(f"{r['image']}: {labels}")
+    failed = [r["image"] for r in results if "error" in r]
+    if failed:  # after printing what did work: a script must still see that something did not
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise ValueError(f"{len(failed)} of {len(results)} inputs could not be read ({shown})")
     return results
 
 

@@ -64,7 +64,8 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
         )
     lines.append(f"peak {memory}: {s['peak_memory_mb']:.0f} MB (rank 0)")
     if s["skipped_images"]:
-        lines.append(f"skipped undecodable images: {s['skipped_images']} (listed in log.txt warnings)")
+        lines.append(f"skipped undecodable images: {s['skipped_images']} distinct (the first ones are named "
+                     "in log.txt's warnings; list them all: python tools/make_shards.py --verify SHARDS)")
     files = "best.pt, last.pt, checkpoints/, metrics.jsonl, log.txt, config.yaml"
     lines += [f"run folder: {run.path}  ({files})",
               f"evaluate:   python -m fastmlic.evaluate --ckpt {run.path / 'best.pt'}",

@@ -408,7 +408,9 @@ class Trainer:
             "images_per_s": last_stats.images_per_s if last_stats else None,
             "data_wait": last_stats.data_wait if last_stats else None,
             "peak_memory_mb": peak_memory_mb(dist.device),
-            "skipped_images": len(self.train_loader.skipped) + len(self.val_loader.skipped),
+            # distinct images: an evaluation image is met once per evaluation (raw, EMA) and epoch
+            "skipped_images": len({(shard, key) for shard, key, _ in
+                                   self.train_loader.skipped + self.val_loader.skipped}),  # fmt: skip
         }
         run.write_json("summary.json", summary)
         return summary

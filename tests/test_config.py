@@ -96,6 +96,23 @@ def test_cross_field_checks_name_the_flag():
         load_config(None, ["--model.pretrained=true", "--model.pretrained_path=w.pth"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--optim.lr=-0.1", r"optim.lr=-0.1 must be 0 or more"),
+        ("--train.epochs=0", r"train.epochs=0 must be at least 1"),
+        ("--data.workers=-1", r"data.workers=-1 must be 0 \(in the main process\) or more"),
+        ("--train.log_every=0", r"train.log_every=0 must be at least 1"),
+        ("--train.threshold=1.5", r"train.threshold=1.5 must be in \[0, 1\]"),
+        ("--train.keep_checkpoints=0", r"train.keep_checkpoints=0 must be at least 1"),
+        ("--train.checkpoint_every_steps=-1", r"train.checkpoint_every_steps=-1 must be 0 \(off\)"),
+    ],
+)
+def test_out_of_range_values_name_the_key_when_the_config_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("digits", [override])
+
+
 def test_missing_config_file_lists_the_recipes():
     with pytest.raises(ConfigError, match="vg500.yaml"):
         find_config("nope.yaml")

@@ -260,3 +260,12 @@ def test_cli_help_and_errors():
         tool + ["--data", "vg500", "--root", "/does/not/exist"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "no such folder" in r.stderr
+
+
+def test_an_empty_split_is_an_error_at_shard_time(tmp_path, capsys):
+    out = tmp_path / "s"
+    code = make_shards.main(["--data", "digits", "--out", str(out), "--digits-train", "0",
+                             "--digits-val", "8", "--digits-size", "16"])  # fmt: skip
+    assert code == 2
+    assert "split 'train' of digits has no samples to write" in capsys.readouterr().err
+    assert not (out / "digits" / "train.json").exists()

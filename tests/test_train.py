@@ -16,6 +16,7 @@ from conftest import ROOT
 
 from fastmlic import evaluate, predict, train
 from fastmlic.checkpoint import Checkpoint
+from fastmlic.cli import exit_on_user_error
 from fastmlic.engine import NonFiniteLoss
 from fastmlic.recipes import RECIPES
 from fastmlic.recipes.standard import Standard
@@ -65,7 +66,7 @@ def epochs(run_dir):
     return [{k: v for k, v in r.items() if k not in timing} for r in rows if r["kind"] == "epoch"]
 
 
-def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path):
+def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path, capsys):
     summary = run_train(learnable, tmp_path, "a", "--data.image_size=48", "--train.epochs=3")
     run = tmp_path / "a"
     for name in ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt"):
@@ -80,6 +81,9 @@ def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path):
     assert best["source"] in ("raw", "ema") and best["metrics"]["mAP"] == summary["best"]["mAP"]
 
     metrics = evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}"])
+    typo = r"--split vall: no vall.json in .*; splits there: train, val$"
+    with pytest.raises(FileNotFoundError, match=typo):
+        evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}", "--split", "vall"])
     assert metrics["num_samples"] == 256
     assert metrics["mAP"] == pytest.approx(summary["best"]["mAP"], abs=1e-6)
     from PIL import Image
@@ -87,8 +91,21 @@ def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path):
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     images = [str(tmp_path / "img.jpg"), str(tmp_path / "bad.jpg")]
-    results = predict.main(["--ckpt", str(run / "best.pt"), *images, "--top-k", "3"])
+    results = predict.main(["--ckpt", str(run / "best.pt"), images[0], "--top-k", "3", "--json"])
     assert len(results) == 1 and len(results[0]["labels"]) == 3
+    # an unreadable input or a folder: the readable ones are still printed, then a non-zero exit
+    capsys.readouterr()
+    ckpt = str(run / "best.pt")
+    code = exit_on_user_error(lambda: predict.main(["--ckpt", ckpt, *images, str(tmp_path), "--json"]))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 2
+    assert [sorted(r) for r in lines] == [["image", "labels"], ["error", "image"], ["error", "image"]]
+    assert lines[1]["image"].endswith("bad.jpg") and "not a readable image" in lines[1]["error"]
+    for bad in (["--top-k", "-2"], ["--threshold", "1.5"]):  # argparse names the option, exit 2
+        with pytest.raises(SystemExit) as stop:
+            predict.main(["--ckpt", str(run / "best.pt"), images[0], *bad])
+        assert stop.value.code == 2
+    assert "argument --threshold: 1.5 is not in [0, 1]" in capsys.readouterr().err
 
 
 def test_a_fixed_seed_repeats_exactly(shards, tmp_path):

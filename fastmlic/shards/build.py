@@ -167,6 +167,9 @@ def build_split(
 ) -> SplitReport:
     """Write `listing` as `out_dir/split-NNNNNN.tar` shards and `out_dir/split.json`."""
     out_dir = Path(out_dir)
+    if not listing.samples:  # an empty split would only fail later, inside a loader
+        dropped = ", ".join(f"{n} {why}" for why, n in listing.dropped.items()) or "none listed"
+        raise ValueError(f"split '{split}' of {dataset} has no samples to write (dropped: {dropped})")
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [s.key for s in listing.samples]
     for key in keys:
@@ -247,6 +250,9 @@ def build_split(
         write_atomic(report_path, ("\n".join(rows) + "\n").encode())
     elif report_path.exists():
         report_path.unlink()
+    if not any(e.num_samples for e in entries):
+        raise ValueError(f"split '{split}' of {dataset}: no image could be written ({dropped}); "
+                         f"see {report_path}")  # fmt: skip
     info = SplitInfo(
         dataset=dataset,
         split=split,
