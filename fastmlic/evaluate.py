@@ -30,14 +30,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_for_inference(args.ckpt, overrides, dist.device)
     cfg = model.cfg
     split = args.split or cfg.data.val_split
-    path = split_json(cfg.data, split)
-    if not path.is_file() and path.parent.is_dir():  # a typo: say which splits there are
-        there = sorted(p.stem for p in path.parent.glob("[!.]*.json"))  # not the hidden build journals
-        raise FileNotFoundError(f"--split {split}: no {path.name} in {path.parent}; splits there: "
-                                f"{', '.join(there) or 'none'}")  # fmt: skip
     # the checkpoint's classes, by name: a run over a class subset is evaluated on that subset
-    loader = build_loader(split_json(cfg.data, split), cfg.data, train=False, rank=dist.rank,
-                          world_size=dist.world_size, device=dist.device, classes=model.classes)  # fmt: skip
+    try:
+        loader = build_loader(split_json(cfg.data, split), cfg.data, train=False, rank=dist.rank,
+                              world_size=dist.world_size, device=dist.device,
+                              classes=model.classes)  # fmt: skip
+    except FileNotFoundError as e:  # e.g. a mistyped --split: the message lists the splits there
+        raise FileNotFoundError(f"--split {split}: {e}") from None
     start = time.perf_counter()
     local = collect_predictions(model.module, loader, device=dist.device, amp=model.amp,
                                 progress=dist.is_main)  # fmt: skip

@@ -269,3 +269,14 @@ def test_an_empty_split_is_an_error_at_shard_time(tmp_path, capsys):
     assert code == 2
     assert "split 'train' of digits has no samples to write" in capsys.readouterr().err
     assert not (out / "digits" / "train.json").exists()
+
+
+def test_a_missing_split_lists_the_splits_there_and_only_those(tmp_path):
+    out = tmp_path / "s"
+    assert make_shards.main(["--data", "digits", "--out", str(out), "--digits-train", "8",
+                             "--digits-val", "8", "--digits-size", "16"]) == 0  # fmt: skip
+    (out / "digits" / "label_embeddings.random.json").write_text('{"backend": "random"}')  # not a split
+    with pytest.raises(FileNotFoundError, match=r"no vall.json in .*digits; splits there: train, val$"):
+        SplitInfo.load(split_json_path(out / "digits", "vall"))
+    with pytest.raises(FileNotFoundError, match=r"split description not found \(run tools/make_shards.py"):
+        SplitInfo.load(split_json_path(tmp_path / "nowhere", "val"))

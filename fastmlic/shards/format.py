@@ -58,6 +58,19 @@ def split_json_path(shard_dir: Path, split: str) -> Path:
     return Path(shard_dir) / f"{split}.json"
 
 
+def split_names(shard_dir: Path) -> list[str]:
+    """The splits described in `shard_dir`: its JSON files with our format marker (not the class-name
+    embeddings' or partitions' JSON beside them, nor the hidden build journals)."""
+    names = []
+    for path in sorted(Path(shard_dir).glob("[!.]*.json")):
+        try:
+            if json.loads(path.read_text()).get("format") == FORMAT:
+                names.append(path.stem)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return names
+
+
 @dataclass
 class ShardEntry:
     tar: str
@@ -134,6 +147,9 @@ class SplitInfo:
     def load(cls, path: str | Path) -> SplitInfo:
         path = Path(path)
         if not path.is_file():
+            if path.parent.is_dir():  # a mistyped split name: say which there are
+                there = ", ".join(split_names(path.parent)) or "none"
+                raise FileNotFoundError(f"no {path.name} in {path.parent}; splits there: {there}")
             raise FileNotFoundError(f"{path}: split description not found (run tools/make_shards.py first)")
         try:
             raw = json.loads(path.read_text())
