@@ -125,7 +125,7 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         if self.is_main:
-            self._write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+            _write_atomically(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
 
     def _open(self) -> None:
         self._ready = True
@@ -186,7 +186,7 @@ class RunDir:
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         keep = [line for line in rows if _before(json.loads(line), step, epochs)]
         if len(keep) < len(rows):
-            self._write(path, "".join(line + "\n" for line in keep).encode())
+            _write_atomically(path, "".join(line + "\n" for line in keep).encode())
         return len(rows) - len(keep)
 
     def enable_tensorboard(self) -> None:
@@ -265,7 +265,7 @@ class RunDir:
     def write_json(self, name: str, data: dict) -> Path:
         path = self.path / name
         if self.is_main:
-            self._write(path, (json.dumps(data, indent=1) + "\n").encode())
+            _write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
         return path
 
     def close(self) -> None:
@@ -279,10 +279,6 @@ class RunDir:
                 f.write(line + "\n")
         except OSError as e:
             raise RunFolderError(_describe_os_error(path, e)) from None
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        _write_atomically(path, data)
 
 
 def _before(row: dict, step: int, epochs: int) -> bool:

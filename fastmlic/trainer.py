@@ -277,7 +277,7 @@ class Trainer:
             self.run.log(f"train.epochs: {old_epochs} -> {cfg.train.epochs}; the learning-rate schedule "
                          f"is that of the new length from step {ckpt.state.step} on")  # fmt: skip
         if "data.shards" in changed:
-            now = {"train": self.train_loader.info.num_samples, "val": self.val_loader.info.num_samples}
+            now = self._split_sizes()
             if ckpt.data and ckpt.data != now:
                 raise ValueError(f"{where}: data.shards={cfg.data.shards} holds other splits than the run's "
                                  f"({now} samples, the run had {ckpt.data})")  # fmt: skip
@@ -303,8 +303,12 @@ class Trainer:
             "last", self.module.state_dict(), state=s, ema=p.ema.state_dict() if p.ema is not None else None,
             optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(),
             scaler=p.scaler.state_dict() if p.scaler else None, recipe=self.recipe.state_dict(), ranks=ranks,
-            data={"train": self.train_loader.info.num_samples, "val": self.val_loader.info.num_samples},
+            data=self._split_sizes(),
         )  # fmt: skip
+
+    def _split_sizes(self) -> dict[str, int]:
+        """What a checkpoint records of the data, so a resume can tell moved shards from other ones."""
+        return {"train": self.train_loader.info.num_samples, "val": self.val_loader.info.num_samples}
 
     def _save(self, progress: EpochProgress | None) -> Path:
         state = self._training_state(progress)
@@ -363,10 +367,15 @@ class Trainer:
             f"{cfg.data.val_split} images, {self.train_loader.backend} data, "
             f"{dist.world_size} x {dist.device.type}, amp {self.amp}"
         )
-        self.ctx = ctx = StepContext(step=s.step, epoch=s.epoch, total_steps=t.epochs * self.steps_per_epoch,
-                                     device=dist.device, amp=self.amp, rank=dist.rank,
-                                     world_size=dist.world_size, ema=p.ema)  # fmt: skip
+        ctx = StepContext(step=s.step, epoch=s.epoch, total_steps=t.epochs * self.steps_per_epoch,
+                          device=dist.device, amp=self.amp, rank=dist.rank, world_size=dist.world_size,
+                          ema=p.ema)  # fmt: skip
         self._saved_at = time.monotonic()
+
+        def after_step(progress: EpochProgress) -> None:
+            s.step = ctx.step
+            self._after_step(progress)
+
         last_stats: EpochStats | None = None
         epochs_run = 0
         for epoch in range(s.epoch, t.epochs):
@@ -377,11 +386,6 @@ class Trainer:
                 self.train_loader.set_epoch(epoch)
             ctx.epoch = epoch
             log = lambda row, e=epoch: run.record({"kind": "train", "epoch": e, **row})  # noqa: E731
-
-            def after_step(progress: EpochProgress) -> None:
-                s.step = ctx.step
-                self._after_step(progress)
-
             stats = train_one_epoch(p, self.train_loader, ctx, log_every=t.log_every, on_log=log,
                                     progress=dist.is_main, start=start, after_step=after_step)  # fmt: skip
             s.step, s.epoch, s.batches = ctx.step, epoch + 1, 0
