@@ -20,7 +20,9 @@ written beside the shards first. Extra `--section.key=value` arguments apply to 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,6 +116,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     work = Path(tempfile.mkdtemp(prefix="fastmlic-recipes-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # its run folders hold gigabytes of checkpoints
     epochs, budget = args.epochs, []
     if args.quick:
         epochs = 1
