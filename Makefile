@@ -1,4 +1,4 @@
-# make demo: fresh venv, install, digits shards, a training run on them with its summary
+# make demo: fresh venv, install, digits shards, a short training run on them (the demo preset) with its summary
 # make test: fresh venv, install, the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +20,7 @@ shards: install
 	$(BIN)/python tools/make_shards.py --data digits --out $(SHARDS) --workers 2
 
 demo: shards
-	$(BIN)/python fastmlic/train.py --cfg digits --data.shards=$(SHARDS)
+	$(BIN)/python fastmlic/train.py --cfg demo --data.shards=$(SHARDS)
 
 test: install
 	$(BIN)/ruff check .

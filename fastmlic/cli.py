@@ -16,8 +16,13 @@ from .engine import NonFiniteLoss
 from .preemption import PREEMPTED, Preempted
 from .run import RunFolderError
 
+
+class MissingPackage(RuntimeError):
+    """An optional package a command needs is not installed; the message says what to install."""
+
+
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss,
-               RunFolderError)  # fmt: skip
+               RunFolderError, MissingPackage)  # fmt: skip
 
 
 def probability(text: str) -> float:

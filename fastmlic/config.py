@@ -71,7 +71,8 @@ class DataConfig:
     mean: list[float] = option([0.485, 0.456, 0.406], "per-channel mean in [0, 1]; [0, 0, 0] for none")
     std: list[float] = option([0.229, 0.224, 0.225], "per-channel std in [0, 1]; [1, 1, 1] for none")
     backend: Literal["auto", "dali", "torch"] = option(
-        "auto", "data loader: DALI (GPU decode), PyTorch DataLoader, or auto (DALI on GPU, PyTorch on CPU)"
+        "auto", "data loader: DALI (decodes on the GPU, or in its CPU mode) or the PyTorch DataLoader; auto "
+        "picks DALI on a GPU, and on CPU DALI only with RandAugment off (data.randaugment_n=0), else PyTorch"
     )
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the image tensors")
     shuffle_buffer: int = option(1024, "DALI: training shuffle buffer in samples (shards are pre-shuffled)")
@@ -464,20 +465,23 @@ def validate(cfg: Config) -> None:
     RECIPES.lookup(cfg.recipe.name).check(cfg)  # the recipe's own cross-field checks
 
 
-def _describe_fields(section: str, section_type: type, skip: tuple[str, ...] = ()) -> list[str]:
+def _describe_fields(section: str, section_type: type, values=None, skip: tuple[str, ...] = ()) -> list[str]:
     hints = typing.get_type_hints(section_type)
     lines = []
     for f in dataclasses.fields(section_type):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = _describe(hints[f.name])
-        lines.append(f"  --{section}.{f.name}={default!r:<14} {kind}: {f.metadata['help']}")
+        value = default if values is None else getattr(values, f.name)
+        kind = _describe(hints[f.name]) + ("" if value == default else f", default {default!r}")
+        lines.append(f"  --{section}.{f.name}={value!r}".ljust(34) + f" {kind}: {f.metadata['help']}")
     return lines
 
 
-def describe() -> str:
-    """Every key with its type, default and help, every recipe's keys included: what `--help` prints."""
+def describe(cfg: Config | None = None) -> str:
+    """Every key with its type, value and help, every recipe's keys included: what `--help` prints.
+    The values are `cfg`'s (what a `--cfg` and overrides resolve to; a key that differs from its
+    default names the default too), else the defaults."""
     from .recipes import RECIPES
 
     lines = []
@@ -485,13 +489,31 @@ def describe() -> str:
         if section == "recipe":
             continue
         lines.append(f"{section}:")
-        lines += _describe_fields(section, section_type)
-    lines.append(f"recipe:  (--recipe.name picks one of: {', '.join(RECIPES)}; default 'standard')")
+        lines += _describe_fields(section, section_type, None if cfg is None else getattr(cfg, section))
+    chosen = "standard" if cfg is None else cfg.recipe.name
+    lines.append(f"recipe:  (--recipe.name picks one of: {', '.join(RECIPES)}; here {chosen!r})")
     for name, recipe in RECIPES.items():
         summary = (recipe.__doc__ or "").strip().splitlines()[0] if recipe.__doc__ else ""
         lines.append(f"  {name}: {summary}")
-        lines += ["  " + line for line in _describe_fields("recipe", recipe.Config, skip=("name",))]
+        values = cfg.recipe if cfg is not None and name == chosen else None
+        lines += ["  " + line for line in _describe_fields("recipe", recipe.Config, values, skip=("name",))]
     return "\n".join(lines)
+
+
+def add_help(parser) -> None:
+    """`-h/--help` that prints the config keys with the values the command line resolves to: call
+    `print_help_if_asked` once the config is loaded."""
+    parser.add_argument("-h", "--help", action="store_true",
+                        help="show this help, with the config keys and the values that --cfg and the "
+                             "overrides give them, and exit")  # fmt: skip
+
+
+def print_help_if_asked(parser, args, cfg: Config, cfg_name: str) -> None:
+    if getattr(args, "help", False):
+        parser.epilog = (f"config keys with the values of --cfg {cfg_name} and the overrides given "
+                         f"(override with --section.key=value):\n" + describe(cfg))  # fmt: skip
+        parser.print_help()
+        raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -502,15 +524,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m fastmlic.config",
         description="Print a resolved fastmlic config as YAML.",
-        epilog="keys (override with --section.key=value):\n" + describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    parser.add_argument("--cfg", help="recipe name (vg500.yaml) or path to a YAML file")
+    parser.add_argument("--cfg", default="digits",
+                        help="preset name (fastmlic/configs) or YAML path; default: digits")  # fmt: skip
+    add_help(parser)
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load_config(args.cfg, rest)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
+    print_help_if_asked(parser, args, cfg, args.cfg)
     yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
 
 

@@ -24,6 +24,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message says at which step and what to try."""
 
 
+# what to try when training diverges: a NaN loss, or a model whose scores no longer depend on the image
+DIVERGENCE_HINT = "try a lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16"
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
     """The mixed precision a device runs: fp16 needs CUDA's loss scaling, so elsewhere it becomes bf16
     (fp32's range, no scaler). Decided once, by the trainer's builder."""
@@ -143,8 +147,7 @@ def train_one_epoch(
                 row = _step_row(loss, terms, ctx, p.optimizer.param_groups[-1]["lr"])
                 if not math.isfinite(row["loss"]):
                     raise NonFiniteLoss(
-                        f"loss is {row['loss']} at step {ctx.step}; try a lower optim.lr, optim.grad_clip, "
-                        "or train.amp=bf16 instead of fp16."
+                        f"loss is {row['loss']} at step {ctx.step}; {DIVERGENCE_HINT}."
                     )
                 if on_log:
                     on_log(row)
@@ -162,8 +165,7 @@ def train_one_epoch(
     mean_loss = loss_sum / max(1, batches * ctx.world_size)
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(
-            f"mean training loss is {mean_loss} in the epoch ending at step {ctx.step}; try a "
-            "lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16."
+            f"mean training loss is {mean_loss} in the epoch ending at step {ctx.step}; {DIVERGENCE_HINT}."
         )
     images_all, wait_sum = all_reduce_sum([images, wait / seconds], ctx.world_size)
     # images/s and data wait: the batches this process ran (all of them unless the epoch was resumed)
@@ -236,4 +238,25 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str, world_
                                world_size)  # fmt: skip
     metrics = multilabel_metrics(preds["scores"], preds["targets"], preds["ignore"], threshold, headline)
     metrics["num_samples"] = len(preds["keys"])
+    # how much the most image-dependent class's score varies over the split: ~0 for a collapsed model
+    metrics["score_std_max"] = float(preds["scores"].std(axis=0).max()) if len(preds["keys"]) > 1 else 0.0
     return metrics
+
+
+COLLAPSED_SCORE_STD = 1e-3  # below this, every class's score is the same on every image, in effect
+PLATEAU_EPOCHS, PLATEAU_CHANGE, PLATEAU_HIGH = 3, 1e-3, 0.9
+
+
+def collapse(score_std_max: float, losses: list[float]) -> str | None:
+    """Why the model looks collapsed, or None: every class scores (nearly) the same on every
+    validation image, or the epoch loss stopped moving (each of the last PLATEAU_EPOCHS changes below
+    PLATEAU_CHANGE, relative) at a high value (at least PLATEAU_HIGH of the first epoch's)."""
+    if score_std_max < COLLAPSED_SCORE_STD:
+        return (f"every class gets (nearly) the same score on every validation image (largest per-class "
+                f"standard deviation {score_std_max:.1e})")  # fmt: skip
+    recent = losses[-PLATEAU_EPOCHS - 1 :]
+    if len(recent) == PLATEAU_EPOCHS + 1 and recent[-1] >= PLATEAU_HIGH * losses[0]:
+        if all(abs(b - a) <= PLATEAU_CHANGE * abs(a) for a, b in zip(recent, recent[1:], strict=False)):
+            return (f"the training loss has stopped moving at {recent[-1]:.4g} for {PLATEAU_EPOCHS} epochs "
+                    f"(first epoch {losses[0]:.4g})")  # fmt: skip
+    return None

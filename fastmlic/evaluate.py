@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> dict:
     m = multilabel_metrics(
         preds["scores"], preds["targets"], preds["ignore"], threshold, cfg.train.map_flavour
     )
-    m.update(num_samples=len(preds["keys"]), split=split, weights=model.checkpoint.source)
+    # the class names say which AP is which, in JSON too
+    m.update(num_samples=len(preds["keys"]), split=split, weights=model.checkpoint.source,
+             classes=list(model.classes))  # fmt: skip
     if dist.is_main:
         if args.json:
             print(json.dumps(m))
         else:
             print(report(m, model.classes, cfg.train.map_flavour, threshold, seconds))
-    cleanup()
+    cleanup(synchronize=True)
     return m
 
 

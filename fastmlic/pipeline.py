@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, describe, load_config
+from .config import Config, ConfigError, add_help, describe, load_config, print_help_if_asked
 
 
 @dataclass
@@ -147,13 +147,22 @@ def run_stage(stage: Stage, dist) -> dict | None:
 
 def parse_args(argv: list[str] | None, prog: str, doc: str):
     p = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override with --section.key=value):\n" + describe(),
-    )  # fmt: skip
-    p.add_argument("--cfg", required=True, help="preset name (fastmlic/configs) or YAML path")
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    p.add_argument("--cfg", help="preset name (fastmlic/configs) or YAML path (required)")
     p.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
     p.add_argument("--status", action="store_true", help="list the stages and their state, run nothing")
-    return p.parse_known_args(argv)
+    add_help(p)
+    args, overrides = p.parse_known_args(argv)
+    if args.cfg is None:
+        if args.help:  # the values depend on the preset: the defaults, and how to see a preset's
+            p.epilog = ("config keys with their defaults (pass --cfg PRESET with --help for the values it "
+                        "gives them; override with --section.key=value):\n" + describe())  # fmt: skip
+            p.print_help()
+            raise SystemExit(0)
+        p.error("--cfg is required")
+    print_help_if_asked(p, args, load_config(args.cfg, overrides), args.cfg)
+    return args, overrides
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline", doc: str = __doc__
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline
         rule = "=" * min(100, max(len(line) for line in lines))
         title = f"pipeline {root}: recipe {cfg.recipe.name}, {len(stages)} stages (folders below it)"
         print("\n".join([rule, title, *lines, rule]))
-    cleanup()
+    cleanup(synchronize=True)
     return {"root": str(root), "stages": {s.name: stage_status(s) for s in stages}, "ran": ran}
 
 

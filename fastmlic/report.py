@@ -13,14 +13,17 @@ import argparse
 import html
 import io
 import json
+import os
 import platform
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cli import exit_on_user_error
+from .cli import MissingPackage, exit_on_user_error
 from .data import build_loader, split_json
 from .data.index import ShardIndex
 from .engine import collect_predictions
@@ -32,11 +35,21 @@ GRID_IMAGES = 12
 TOP_LABELS = 3
 
 
+REPORT_NEEDS = {"matplotlib": "matplotlib", "scipy": "scipy"}  # module: pip package
+
+
+def check_dependencies() -> None:
+    """Before any inference: the plotting packages the report needs are installed."""
+    import importlib.util
+
+    missing = [pkg for module, pkg in REPORT_NEEDS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MissingPackage(f"the report needs {' and '.join(missing)}: pip install 'fastmlic[viz]'")
+
+
 def _plt():
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("the report needs matplotlib: pip install 'fastmlic[viz]'") from None
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -97,16 +110,26 @@ def plot_throughput(epochs: list[dict], out: Path) -> Path:
     return _save(fig, out / "throughput.png")
 
 
-def plot_class_ap(ap: np.ndarray, classes: list[str], positives: np.ndarray, out: Path) -> Path:
+def class_ap_figure(ap: np.ndarray, classes: list[str], positives: np.ndarray):
     plt = _plt()
     order = [c for c in np.argsort(ap) if np.isfinite(ap[c])]
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(order) + 1)))
-    ax.barh(range(len(order)), [ap[c] for c in order], color="tab:blue")
-    ax.set_yticks(range(len(order)), [f"{classes[c]} ({positives[c]})" for c in order], fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("AP (validation positives in brackets)")
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.24 * len(order) + 1)))
+    values = [ap[c] for c in order]
+    ax.barh(range(len(order)), values, color="tab:blue")
+    ax.set_yticks(range(len(order)), [f"{classes[c]} ({positives[c]})" for c in order], fontsize=8)
+    # the axis starts just below the worst class, so differences between high APs stay visible
+    low = max(0.0, np.floor((min(values, default=0.0) - 0.02) * 20) / 20)
+    ax.set_xlim(low, 1.0)
+    for y, v in enumerate(values):  # the value itself, whatever the spread
+        ax.text(max(v, low) - 0.005 * (1 - low), y, f"{v:.3f}", va="center", ha="right", fontsize=7,
+                color="white")  # fmt: skip
+    ax.set_xlabel(f"AP (axis from {low:.2f}; validation positives in brackets)")
     ax.set_title("per-class AP of the best checkpoint, worst at the bottom")
-    return _save(fig, out / "class_ap.png")
+    return fig
+
+
+def plot_class_ap(ap: np.ndarray, classes: list[str], positives: np.ndarray, out: Path) -> Path:
+    return _save(class_ap_figure(ap, classes, positives), out / "class_ap.png")
 
 
 def cluster_order(affinity: np.ndarray) -> list[int]:
@@ -140,48 +163,81 @@ def plot_cooccurrence(info: SplitInfo, out: Path) -> Path:
     return _save(fig, out / "cooccurrence.png")
 
 
-def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: float, out: Path) -> Path:
-    from PIL import Image
+def grid_captions(scores: np.ndarray, truth: np.ndarray, classes: list[str], threshold: float) -> str:
+    """An image's caption: its true labels, then every label predicted at the threshold with its score,
+    a wrong one marked, and the true labels it missed; wrapped between labels, nothing cut."""
+    true = set(np.flatnonzero(truth).tolist())
+    above = [c for c in np.argsort(-scores) if scores[c] >= threshold]
+    predicted = [f"{classes[c]} {scores[c]:.2f}" + ("" if c in true else " (wrong)") for c in above]
+    lines = _wrap("true: ", [classes[c] for c in sorted(true)]) + _wrap("pred: ", predicted)
+    missed = [classes[c] for c in sorted(true - set(above))]
+    if missed:
+        lines += _wrap("missed: ", missed)
+    return "\n".join(lines)
 
+
+def _wrap(prefix: str, items: list[str], width: int = 34) -> list[str]:
+    """'prefix a, b, c' in lines of about `width` characters, broken only between items."""
+    lines, line = [], prefix + (items[0] if items else "-")
+    for item in items[1:]:
+        if len(line) + 2 + len(item) > width:
+            lines.append(line + ",")
+            line = "  " + item
+        else:
+            line += ", " + item
+    return lines + [line]
+
+
+def grid_figure(preds: dict, pixels: list[np.ndarray], classes: list[str], threshold: float):
+    """Each image with its caption below it (true, predicted, missed); with attention, one image per
+    row followed by the attention of its top predicted labels."""
     plt = _plt()
-    keys = preds["keys"][:GRID_IMAGES]
-    position = {ref.key: i for i, ref in enumerate(index.refs)}
     attention = preds.get("attention")
-    # one image and its attention maps per row, or four images per row for heads without attention
     panels = 1 + (TOP_LABELS if attention is not None else 0)
     per_row = 1 if attention is not None else 4
-    rows = -(-len(keys) // per_row)
-    columns = panels * per_row
-    fig, grid_axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    rows = -(-len(pixels) // per_row)
+    captions = [grid_captions(preds["scores"][i], preds["targets"][i], classes, threshold)
+                for i in range(len(pixels))]  # fmt: skip
+    caption_lines = max((c.count("\n") + 1 for c in captions), default=1)
+    # a square image as wide as its column, then room for the longest caption (7 pt lines, 1.3 apart)
+    row_height = 2.8 + 0.17 * caption_lines
+    fig, grid_axes = plt.subplots(rows, panels * per_row, figsize=(2.7 * panels * per_row, row_height * rows),
+                                  squeeze=False)  # fmt: skip
     for ax in grid_axes.flat:
         ax.axis("off")
-    for row, key in enumerate(keys):
-        axes_row = grid_axes[row // per_row, (row % per_row) * panels : (row % per_row + 1) * panels]
-        with Image.open(io.BytesIO(index.read(position[key], "jpg"))) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        scores, truth = preds["scores"][row], preds["targets"][row]
-        top = np.argsort(-scores)[:TOP_LABELS]
-        above = [c for c in np.argsort(-scores) if scores[c] >= threshold]
-        predicted = [f"{classes[c]} {scores[c]:.2f}" for c in above[:4]] + (["..."] if len(above) > 4 else [])
+    for i, image in enumerate(pixels):
+        axes_row = grid_axes[i // per_row, (i % per_row) * panels : (i % per_row + 1) * panels]
         ax = axes_row[0]
         ax.axis("on")
-        ax.imshow(pixels)
-        ax.set_title("true: " + ", ".join(classes[c] for c in np.flatnonzero(truth)), fontsize=7)
-        ax.set_xlabel("pred: " + (", ".join(predicted) or "-"), fontsize=7)
-        for col, c in enumerate(top, start=1) if attention is not None else []:
-            grid = attention_grid(attention[row, c], preds["grid"])
+        ax.imshow(image)
+        ax.set_xlabel(captions[i], fontsize=7, loc="left", linespacing=1.3)
+        scores = preds["scores"][i]
+        for col, c in enumerate(np.argsort(-scores)[:TOP_LABELS], start=1) if attention is not None else []:
             axes_row[col].axis("on")
-            axes_row[col].imshow(pixels)
-            axes_row[col].imshow(grid, cmap="jet", alpha=0.45, interpolation="bilinear",
-                                 extent=(0, pixels.shape[1], pixels.shape[0], 0))  # fmt: skip
-            axes_row[col].set_title(f"attention: {classes[c]} {scores[c]:.2f}", fontsize=7)
+            axes_row[col].imshow(image)
+            heat = attention_grid(attention[i, c], preds["grid"])
+            axes_row[col].imshow(heat, cmap="jet", alpha=0.45, interpolation="bilinear",
+                                 extent=(0, image.shape[1], image.shape[0], 0))  # fmt: skip
+            axes_row[col].set_xlabel(f"attention: {classes[c]} {scores[c]:.2f}", fontsize=7)
         for ax in axes_row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(
-        "validation images: true and predicted labels" + (", attention" if attention is not None else "")
-    )
-    return _save(fig, out / "predictions.png", top=1 - 0.5 / fig.get_figheight())
+    with_attention = ", attention" if attention is not None else ""
+    fig.suptitle(f"validation images: true and predicted labels{with_attention}")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    return fig
+
+
+def plot_grid(preds: dict, index: ShardIndex, classes: list[str], threshold: float, out: Path) -> Path:
+    from PIL import Image
+
+    position = {ref.key: i for i, ref in enumerate(index.refs)}
+    pixels = []
+    for key in preds["keys"][:GRID_IMAGES]:
+        with Image.open(io.BytesIO(index.read(position[key], "jpg"))) as im:
+            pixels.append(np.asarray(im.convert("RGB")))
+    fig = grid_figure(preds, pixels, classes, threshold)
+    return _save(fig, out / "predictions.png", layout=False)
 
 
 def attention_grid(weights: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -210,20 +266,38 @@ def _integer_ticks():
     return MaxNLocator(integer=True)
 
 
-def _save(fig, path: Path, top: float = 1.0) -> Path:
-    fig.tight_layout(rect=(0, 0, 1, top))  # `top` < 1 leaves room for a suptitle
+def _save(fig, path: Path, layout: bool = True) -> Path:
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     _plt().close(fig)
     return path
 
 
 def build_report(run: Path, split: str | None = None, out: Path | None = None) -> Path:
+    """Checks the packages and the run before any inference; the files are written to a hidden
+    folder beside `out` and moved into `out` only when all are there, so a failure leaves nothing."""
+    check_dependencies()
     run = Path(run)
     out = Path(out or run / "report")
-    out.mkdir(parents=True, exist_ok=True)
     steps, epochs = read_log(run)
     if not epochs:
         raise ValueError(f"{run}: no finished epoch in metrics.jsonl yet")
+    if not (run / "best.pt").is_file():
+        raise FileNotFoundError(f"{run / 'best.pt'}: not there (is {run} a finished fastmlic run?)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_report(run, split, work, steps, epochs)
+        out.mkdir(exist_ok=True)
+        for path in work.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out / "report.html"
+
+
+def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], epochs: list[dict]) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(run / "best.pt", [], device)
     cfg, ckpt, classes = model.cfg, model.checkpoint, model.classes
@@ -260,7 +334,8 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
         "CF1 / OF1 at threshold": f"{metrics['CF1']:.4f} / {metrics['OF1']:.4f} "
         f"(threshold {cfg.train.threshold})",
         "images/s (last epoch)": f"{epochs[-1]['images_per_s']:.0f}, data wait {epochs[-1]['data_wait']:.0%}",
-        "peak memory (MB)": f"{epochs[-1]['peak_memory_mb']:.0f}",
+        # older runs did not record what was measured
+        f"peak {epochs[-1].get('peak_memory_kind', 'memory')} (MB)": f"{epochs[-1]['peak_memory_mb']:.0f}",
         "epochs, images": f"{epochs[-1]['epoch']}, {len(preds['keys'])} evaluated",
         "versions": f"python {platform.python_version()}, torch {torch.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
@@ -268,7 +343,6 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
     page = render_html(run, headline, figures, confusions(preds, classes, ap, cfg.train.threshold),
                        (run / "config.yaml").read_text())  # fmt: skip
     (out / "report.html").write_text(page)
-    return out / "report.html"
 
 
 def render_html(run: Path, headline: dict, figures: dict, worst: list[dict], config_text: str) -> str:

@@ -11,30 +11,32 @@ if __package__ in (None, ""):  # run as a script: import the package, not fastml
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 
 from fastmlic.cli import exit_on_user_error  # noqa: E402
-from fastmlic.config import describe, load_config  # noqa: E402
+from fastmlic.config import add_help, load_config, print_help_if_asked  # noqa: E402
 from fastmlic.distributed import cleanup, init_distributed  # noqa: E402
 from fastmlic.run import RunDir  # noqa: E402
-from fastmlic.trainer import Trainer  # noqa: E402
+from fastmlic.trainer import Trainer, memory_kind  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    p = argparse.ArgumentParser(
-        description=__doc__,
-        epilog="config keys (override with --section.key=value):\n" + describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                add_help=False)  # fmt: skip
     p.add_argument("--cfg", help="config name (fastmlic/configs) or YAML path; default: digits")
     p.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in this folder from its newest readable checkpoint")  # fmt: skip
+    add_help(p)
     args, overrides = p.parse_known_args(argv)
     if args.resume:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there")
-        return load_config(args.cfg or saved, overrides), args.resume
-    return load_config(args.cfg or "digits", overrides), None
+        cfg = load_config(args.cfg or saved, overrides)
+    else:
+        cfg = load_config(args.cfg or "digits", overrides)
+    print_help_if_asked(p, args, cfg, args.cfg or (saved if args.resume else "digits"))
+    return cfg, args.resume
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,13 +46,16 @@ def main(argv: list[str] | None = None) -> dict:
     summary = trainer.fit()
     print_summary(trainer.run, summary, dist)
     trainer.run.close()
-    cleanup()
+    # DDP keeps the process group and its last Gloo work (holding tensors) alive; freed by the garbage
+    # collector at interpreter exit they can abort the process, so they go now, before the groups
+    del trainer
+    gc.collect()
+    cleanup(synchronize=True)
     return summary
 
 
 def print_summary(run: RunDir, s: dict, dist) -> None:
     best = s["best"]
-    memory = "GPU memory (allocated)" if dist.device.type == "cuda" else "process RSS"
     lines = [
         "=" * 64,
         f"best mAP {best['mAP']:.4f} ({best['source'] or '-'} weights, epoch {best['epoch'] or '-'});  "
@@ -62,9 +67,11 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
             f"{s['images_per_s'] / dist.world_size:.0f} per device x {dist.world_size}; "
             f"data wait {s['data_wait']:.0%} of step time"
         )
-    lines.append(f"peak {memory}: {s['peak_memory_mb']:.0f} MB (rank 0)")
+    lines.append(f"peak {memory_kind(dist.device)}: {s['peak_memory_mb']:.0f} MB (rank 0)")
+    if s["collapsed"]:
+        lines.append(f"WARNING: at the last epoch {s['collapsed']}")
     if s["skipped_images"]:
-        lines.append(f"skipped undecodable images: {s['skipped_images']} distinct (the first ones are named "
+        lines.append(f"skipped unreadable samples: {s['skipped_images']} distinct (the first ones are named "
                      "in log.txt's warnings; list them all: python tools/make_shards.py --verify SHARDS)")
     files = "best.pt, last.pt, checkpoints/, metrics.jsonl, log.txt, config.yaml"
     lines += [f"run folder: {run.path}  ({files})",

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import Checkpoint, TrainState, class_difference, file_sha256, load_checkpoint, load_weights
@@ -26,11 +25,13 @@ from .config import Config, ConfigError, load_config
 from .data import Batch, build_loader, split_json
 from .distributed import Dist, all_gather_objects, all_reduce_sum, any_rank, broadcast_object
 from .engine import (
+    DIVERGENCE_HINT,
     EpochProgress,
     EpochStats,
     NonFiniteLoss,
     TrainParts,
     autocast,
+    collapse,
     combine_terms,
     evaluate,
     resolve_amp,
@@ -128,6 +129,11 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
+def memory_kind(device: torch.device) -> str:
+    """What `peak_memory_mb` measures on `device`."""
+    return "GPU memory allocated" if device.type == "cuda" else "process RSS"
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -156,6 +162,8 @@ class Trainer:
         self.parts = self._build_parts()
         self.state = TrainState()
         self.saved: tuple[int, Path] | None = None  # (step, path) of the newest training state written
+        self.epoch_losses: list[float] = []  # of the epochs this process ran (a collapse check's history)
+        self.collapsed: str | None = None  # why the model looks collapsed at the last epoch, if it does
         if resume:
             self._restore(changed)
         else:  # made only now: bad input found while building leaves no folder behind
@@ -200,6 +208,8 @@ class Trainer:
         cfg = self.cfg
         ema = None
         if cfg.ema.enabled:
+            from timm.utils import ModelEmaV3  # not at import: timm takes seconds
+
             ema = ModelEmaV3(self.module, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
         optimizer = build_optimizer(self.module, cfg.optim)
         self.steps_per_epoch = per_epoch = -(-len(self.train_loader) // cfg.optim.accumulate)
@@ -415,6 +425,7 @@ class Trainer:
             # distinct images: an evaluation image is met once per evaluation (raw, EMA) and epoch
             "skipped_images": len({(shard, key) for shard, key, _ in
                                    self.train_loader.skipped + self.val_loader.skipped}),  # fmt: skip
+            "collapsed": self.collapsed,
         }
         run.write_json("summary.json", summary)
         return summary
@@ -436,7 +447,8 @@ class Trainer:
         row = {"kind": "epoch", "epoch": s.epoch, "step": s.step, "loss": stats.loss,
                "lr": p.optimizer.param_groups[-1]["lr"], "images_per_s": stats.images_per_s,
                "images_per_s_per_device": stats.images_per_s / dist.world_size, "data_wait": stats.data_wait,
-               "seconds": stats.seconds, "peak_memory_mb": peak_memory_mb(dist.device)}  # fmt: skip
+               "seconds": stats.seconds, "peak_memory_mb": peak_memory_mb(dist.device),
+               "peak_memory_kind": memory_kind(dist.device)}  # fmt: skip
         for name, m in metrics.items():
             row.update({f"{name}_{k}": v for k, v in m.items() if k != "ap"})
             row[f"{name}_ap"] = m["ap"]
@@ -451,3 +463,8 @@ class Trainer:
             + (f"  ema {metrics['ema']['mAP']:.4f}" if "ema" in metrics else "")
             + f"  {stats.images_per_s:.0f} img/s  data wait {stats.data_wait:.0%}"
         )
+        self.epoch_losses.append(stats.loss)
+        why = collapse(max(m["score_std_max"] for m in metrics.values()), self.epoch_losses)
+        self.collapsed = None if why is None else f"the model looks collapsed: {why}; {DIVERGENCE_HINT}"
+        if self.collapsed:
+            self.run.log(f"warning: {self.collapsed}")

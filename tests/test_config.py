@@ -20,6 +20,24 @@ def test_defaults_are_valid_and_every_field_has_help():
     assert all(": " in line for line in text.splitlines() if line.startswith("  --"))
 
 
+def test_help_shows_the_values_the_command_line_resolves_to(capsys):
+    from fastmlic import config, train
+
+    with pytest.raises(SystemExit) as done:
+        train.parse_args(["--help"])  # no --cfg: what a run without one uses, digits
+    text = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "--data.image_size=48" in text and "default 448" in text and "--model.backbone='resnet18'" in text
+    assert "--cfg digits" in text and "auto picks DALI on a GPU, and on CPU DALI only with" in text
+    with pytest.raises(SystemExit):
+        train.parse_args(["--cfg", "coco_digits", "--data.image_size=32", "--model.backbone=resnet10t", "-h"])
+    text = capsys.readouterr().out
+    assert "--data.image_size=32" in text and "--model.backbone='resnet10t'" in text and "here 'coco'" in text
+    with pytest.raises(SystemExit):
+        config.main(["--help"])
+    assert "--train.epochs=5 " in capsys.readouterr().out  # digits' 5, not the dataclass default 40
+
+
 @pytest.mark.parametrize("name", ["digits", "voc2007", "mscoco", "nuswide", "vg500"])
 def test_every_recipe_loads_by_bare_name(name):
     cfg = load_config(f"{name}.yaml")

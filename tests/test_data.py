@@ -21,10 +21,13 @@ BACKENDS = [
 C = 6
 
 
-def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="val"):
+def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="val", image_check="decode",
+               labels=None):  # fmt: skip
     """n samples of ragged sizes (one grayscale, one CMYK JPEG) in shards of `shard_size`; `bad` maps
-    sample positions to image bytes planted instead. Returns {key: (labels, ignore)}."""
-    bad = bad or {}
+    sample positions to image bytes planted instead, `labels` to label bytes. `image_check` is what
+    SPLIT.json records (by default, falsely for planted bad images, that they were decode-checked).
+    Returns {key: (labels, ignore)}."""
+    bad, labels_bytes = bad or {}, labels
     truth, entries, samples = {}, [], []
     for i in range(n):
         key = f"s{i:03d}"
@@ -33,7 +36,7 @@ def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="
         image = bad.get(i) or rawdata.image_bytes(rng, size, mode=mode)
         labels = (rng.random(C) < 0.4).astype(np.uint8)
         ignore = (rng.random(C) < 0.2).astype(np.uint8)
-        members = [("jpg", image), ("lbl", labels.tobytes())] + (
+        members = [("jpg", image), ("lbl", (labels_bytes or {}).get(i, labels.tobytes()))] + (
             [("ign", ignore.tobytes())] if has_ignore else []
         )
         samples.append(ShardSample(key, tuple(members)))
@@ -53,6 +56,7 @@ def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="
         ignored=[0] * C,
         cooccurrence=[[0] * C] * C,
         labels_per_image={},
+        image_check=image_check,
     )
     info.save(root / f"{split}.json")
     return truth
@@ -177,12 +181,12 @@ def test_torch_augmentation_repeats_for_a_seed_whatever_the_worker_count(tmp_pat
 def test_torch_backend_skips_and_counts_corrupt_jpegs(tmp_path, rng):
     bad = {4: rawdata.corrupt_jpeg(rng), 20: bytes(rng.integers(0, 256, 300, np.uint8))}
     truth = make_split(tmp_path, rng, bad=bad)
-    with pytest.warns(UserWarning, match=r"val-000000.tar: skipped undecodable image s004"):
+    with pytest.warns(UserWarning, match=r"val-000000.tar: skipped sample s004 \(s004.jpg cannot be decoded"):
         loader = build_loader(tmp_path / "val.json", cfg_for("torch"), train=False)
         keys = [k for b in epoch(loader) for k in b.keys]
     assert sorted(keys) == sorted(set(truth) - {"s004", "s020"})
     assert sorted(k for _, k, _ in loader.skipped) == ["s004", "s020"]
-    with pytest.warns(UserWarning, match="skipped undecodable image"):
+    with pytest.warns(UserWarning, match="skipped sample"):
         train = build_loader(tmp_path / "val.json", cfg_for("torch"), train=True)
         batches = epoch(train)
     assert len(batches) == len(train) and sum(len(b) for b in batches) == 37  # stand-ins keep steps full
@@ -190,12 +194,66 @@ def test_torch_backend_skips_and_counts_corrupt_jpegs(tmp_path, rng):
     assert not {"s004", "s020"} & {k for b in batches for k in b.keys}
 
 
+def truncate(tar, keep=0.5):
+    data = tar.read_bytes()
+    tar.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_torch_backend_skips_members_of_a_truncated_tar_and_labels_of_the_wrong_length(tmp_path, rng):
+    truth = make_split(tmp_path, rng, n=16, has_ignore=False, labels={2: b"\x01\x00\x01"})
+    truncate(tmp_path / "val-000001.tar")  # the second shard's members past its middle are gone
+    loader = build_loader(tmp_path / "val.json", cfg_for("torch", workers=2), train=False)
+    with pytest.warns(UserWarning) as caught:
+        keys = [k for b in epoch(loader) for k in b.keys]
+    skipped = {k: (shard, reason) for shard, k, reason in loader.skipped}
+    assert "s002" in skipped and "s002.lbl has 3 bytes; the split has 6 classes" in skipped["s002"][1]
+    cut = {k for k in skipped if k != "s002"}
+    assert cut and all(int(k[1:]) >= 8 for k in cut)
+    assert all(skipped[k][0].endswith("val-000001.tar") and "cut short" in skipped[k][1] for k in cut)
+    assert sorted(keys) == sorted(set(truth) - set(skipped))
+    assert any("val-000000.tar: skipped sample s002" in str(w.message) for w in caught)
+    train = build_loader(tmp_path / "val.json", cfg_for("torch", workers=0), train=True)
+    with pytest.warns(UserWarning, match="skipped sample"):
+        batches = epoch(train)
+    assert sum(len(b) for b in batches) == 16 and not set(skipped) & {k for b in batches for k in b.keys}
+
+
 @pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
-def test_dali_failure_names_the_shard_and_key_and_the_repair_command(tmp_path, rng):
-    make_split(tmp_path, rng, n=16, has_ignore=False, bad={11: bytes(rng.integers(0, 256, 300, np.uint8))})
-    loader = build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
-    with pytest.raises(DataError, match=r"(?s)val-000001.tar: s011.jpg.*--verify .* --repair"):
-        epoch(loader)
+@pytest.mark.parametrize("check", ["", "structure"])
+def test_dali_decodes_an_unchecked_split_first_and_names_what_it_cannot_read(tmp_path, rng, check):
+    make_split(tmp_path, rng, n=16, has_ignore=False, bad={11: rawdata.corrupt_jpeg(rng)}, image_check=check)
+    with pytest.raises(DataError) as error:  # before DALI's decoder ever sees the corrupt JPEG
+        build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    assert "val-000001.tar: s011.jpg: cannot be decoded" in str(error.value)
+    assert f"--verify {tmp_path} --repair" in str(error.value)
+    make_split(tmp_path, rng, n=16, has_ignore=False, image_check=check)  # clean: read, with a warning
+    with pytest.warns(UserWarning, match=f"16 images were decoded once .* --verify {tmp_path}"):
+        loader = build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    assert sum(len(b) for b in epoch(loader)) == 16
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_dali_failure_in_the_first_batch_is_explained_with_the_member_and_the_repair_command(tmp_path, rng):
+    # SPLIT.json says the images were checked, but a sample of the first batch (which DALI's iterator
+    # reads while it is built) is garbage: the failure comes from DALI itself
+    make_split(tmp_path, rng, n=16, has_ignore=False, bad={3: bytes(rng.integers(0, 256, 300, np.uint8))})
+    with pytest.raises(DataError) as error:
+        build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    text = str(error.value)
+    assert text.startswith("DALI stopped in decoders.image reading split 'val'")
+    assert "val-000000.tar: s003.jpg: not a JPEG or any image format Pillow knows" in text
+    assert f"--verify {tmp_path} --repair" in text and "Critical error" not in text and "BytesIO" not in text
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_dali_on_a_truncated_tar_names_it_and_the_repair_that_keeps_its_whole_samples(tmp_path, rng):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    truncate(tmp_path / "val-000000.tar")
+    with pytest.raises(DataError) as error:
+        build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    text = str(error.value)
+    assert "Malformed index file" in text and "val-000000.tar: the tar ends early, after" in text
+    assert f"--verify {tmp_path} --repair (a truncated tar keeps its whole samples" in text
 
 
 def test_a_missing_shard_fails_at_start_with_its_path(tmp_path, rng):

@@ -58,7 +58,7 @@ def test_max_side_downsizes_and_keeps_aspect(rng):
     "data, message",
     [
         (b"", "empty file"),
-        (b"not an image at all", "not a readable image"),
+        (b"not an image at all", "not a JPEG or any image format Pillow knows"),
         (None, "cannot be decoded"),
     ],
 )
@@ -73,7 +73,7 @@ def test_structure_check_catches_truncation_and_keeps_good_jpegs(rng):
     for bad, message in [
         (good[: len(good) // 2], "truncated"),
         (good[:-2], "no end-of-image"),
-        (b"\xff\xd8" + b"\x00" * 20, "marker structure|not a readable image"),
+        (b"\xff\xd8" + b"\x00" * 20, "marker structure|not a JPEG or any image format Pillow knows"),
     ]:
         with pytest.raises(BadImage, match=message):
             prepare_image(bad, check="structure")

@@ -12,15 +12,19 @@ import sys
 import pytest
 import rawdata
 import torch
+import webdataset as wds
 from conftest import ROOT
 
 from fastmlic import evaluate, predict, train
 from fastmlic.checkpoint import Checkpoint
 from fastmlic.cli import exit_on_user_error
+from fastmlic.data.dali_loader import dali_available
 from fastmlic.engine import NonFiniteLoss
 from fastmlic.recipes import RECIPES
 from fastmlic.recipes.standard import Standard
 from fastmlic.run import RunFolderError
+from fastmlic.shards.format import SplitInfo
+from fastmlic.shards.writer import ShardSample, read_labels, write_shard
 
 TINY = [
     "--data.image_size=32",
@@ -86,6 +90,10 @@ def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path, c
         evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}", "--split", "vall"])
     assert metrics["num_samples"] == 256
     assert metrics["mAP"] == pytest.approx(summary["best"]["mAP"], abs=1e-6)
+    capsys.readouterr()
+    evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}", "--json"])
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["classes"] == summary["classes"] and len(printed["ap"]) == len(printed["classes"])
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img.jpg")
@@ -139,6 +147,30 @@ def test_missing_split_and_foreign_checkpoint_stop_at_start(shards, tmp_path):
         run_train(shards, tmp_path, "i", f"--train.init_from={ckpt}")
 
 
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_dali_training_on_shards_from_elsewhere_with_a_corrupt_jpeg_exits_2_naming_it(tmp_path, capsys):
+    copy = rawdata.digits_shards(tmp_path / "s", 64, 32, 32)
+    root = copy / "digits"
+    tar = root / "val-000000.tar"
+    members = {k: dict(m) for k, m in read_labels(tar).items()}
+    samples = []
+    for sample in wds.WebDataset(str(tar), shardshuffle=False):
+        key, jpg = sample["__key__"], sample["jpg"]
+        jpg = jpg[: len(jpg) // 2] if key == "val_000005" else jpg  # a truncated JPEG
+        samples.append(ShardSample(key, (("jpg", jpg), ("lbl", members[key]["lbl"]))))
+    write_shard(tar, samples)  # as another tool (or a bad copy) would leave it
+    info = SplitInfo.load(root / "val.json")
+    info.image_check = ""
+    info.save(root / "val.json")
+    args = ["--cfg", "digits", f"--data.shards={copy}", f"--train.out_dir={tmp_path}", "--train.name=d",
+            "--data.backend=dali", *TINY[:3], "--model.backbone=test_convnext"]  # fmt: skip
+    assert exit_on_user_error(lambda: train.main(args)) == 2
+    err = capsys.readouterr().err
+    assert "has samples DALI cannot read:\n  val-000000.tar: val_000005.jpg: " in err
+    assert f"--verify {root} --repair" in err
+    assert not (tmp_path / "d").exists()  # stopped before the run folder was made
+
+
 def test_a_nan_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_checkpoint(
     shards, tmp_path, monkeypatch
 ):
@@ -157,6 +189,25 @@ def test_a_nan_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_check
         run_train(shards, tmp_path, "n", "--recipe.name=explodes")
     last = torch.load(tmp_path / "n" / "last.pt", weights_only=False)
     assert last["state"]["epoch"] == 1  # the epoch that finished before the NaN
+
+
+def test_a_collapsed_model_is_reported_in_the_epoch_log_and_the_summary(shards, tmp_path, capsys):
+    summary = run_train(shards, tmp_path, "c", "--optim.lr=1e6", "--train.epochs=1")
+    out = capsys.readouterr().out
+    assert summary["collapsed"] and "every class gets (nearly) the same score" in summary["collapsed"]
+    assert "warning: the model looks collapsed: every class" in out and "try a lower optim.lr" in out
+    assert "WARNING: at the last epoch the model looks collapsed" in out  # the summary's screen
+    assert "warning: the model looks collapsed" in (tmp_path / "c" / "log.txt").read_text()
+
+
+def test_collapse_is_constant_scores_or_a_loss_that_stopped_at_a_high_value():
+    from fastmlic.engine import collapse
+
+    assert collapse(0.2, [5.0, 3.0, 2.0, 1.5]) is None
+    assert "same score" in collapse(1e-5, [5.0, 3.0])
+    assert "stopped moving at 4.9" in collapse(0.2, [5.0, 4.9, 4.9, 4.9, 4.9])
+    assert collapse(0.2, [5.0, 1.0, 1.0, 1.0, 1.0]) is None  # flat, but far below where it started
+    assert collapse(0.2, [5.0, 4.9, 4.9, 4.9]) is None  # not flat for long enough yet
 
 
 @pytest.mark.dist
@@ -189,6 +240,13 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(shards, t
         capture_output=True,
     )
     one, two = epochs(tmp_path / "one"), epochs(tmp_path / "two")
+    # one unit everywhere: step rows and epoch means are losses of the global batch, as one process sees it
+    steps = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("one", "two")]  # fmt: skip
+    one_steps, two_steps = ([(r["step"], r["loss"]) for r in rows if r["kind"] == "train"] for rows in steps)
+    assert len(one_steps) == len(two_steps) > 0
+    for (step_a, loss_a), (step_b, loss_b) in zip(one_steps, two_steps, strict=True):
+        assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=2e-3)
     for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
         assert a["raw_mAP"] == pytest.approx(b["raw_mAP"], abs=5e-3)

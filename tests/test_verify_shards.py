@@ -48,11 +48,16 @@ def test_verify_lists_bad_members_by_shard_and_key_and_repair_drops_them(tmp_pat
         assert (tmp_path / "ref.idx").read_text() == (tmp_path / "a-000000.idx").read_text()
 
 
-def test_repair_updates_split_json_counts_and_label_statistics(tmp_path, rng):
-    args = ["--data", "digits", "--out", str(tmp_path), "--digits-train", "30", "--digits-val", "12",
-            "--digits-size", "32", "--shard-size", "5"]  # fmt: skip
+def small_digits(out, train: int, val: int, shard_size: int):
+    """digits shards of 32 px images written by make_shards; returns their folder."""
+    args = ["--data", "digits", "--out", str(out), "--digits-train", str(train), "--digits-val", str(val),
+            "--digits-size", "32", "--shard-size", str(shard_size)]  # fmt: skip
     assert make_shards.main(args) == 0
-    shard_dir = tmp_path / "digits"
+    return out / "digits"
+
+
+def test_repair_updates_split_json_counts_and_label_statistics(tmp_path, rng):
+    shard_dir = small_digits(tmp_path, 30, 12, 5)
     before = SplitInfo.load(shard_dir / "val.json")
     # corrupt one image and one label file in shard 1, as a disk or copy error would
     tar = shard_dir / "val-000001.tar"
@@ -83,6 +88,30 @@ def test_repair_updates_split_json_counts_and_label_statistics(tmp_path, rng):
         and sum(e.num_samples for e in after.shards) == after.num_samples
     )
     assert make_shards.main(["--verify", str(shard_dir)]) == 0
+
+
+def test_repair_keeps_a_truncated_tars_whole_samples_and_verify_records_the_decode_check(tmp_path, capsys):
+    shard_dir = small_digits(tmp_path, 10, 20, 10)
+    info = SplitInfo.load(shard_dir / "val.json")
+    assert info.image_check == "decode"  # make_shards decoded every image it wrote
+    info.image_check = ""  # as shards from elsewhere (or an older make_shards) are
+    info.save(shard_dir / "val.json")
+    tar = shard_dir / "val-000001.tar"
+    whole = list(read_labels(tar))
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size * 6 // 10])  # a copy cut short
+    capsys.readouterr()
+    assert make_shards.main(["--verify", str(shard_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "val-000001.tar\t*\tthe tar ends early, after" in out and f"--verify {shard_dir} --repair" in out
+    assert "recorded as decode-checked (DALI reads them): train" in out  # the clean split only
+    assert SplitInfo.load(shard_dir / "val.json").image_check == ""
+    assert make_shards.main(["--verify", str(shard_dir), "--repair"]) == 0
+    assert "truncated tars kept their whole samples before the cut: val-000001.tar" in capsys.readouterr().out
+    after = SplitInfo.load(shard_dir / "val.json")
+    kept = list(read_labels(tar))
+    assert 0 < len(kept) < 10 and kept == whole[: len(kept)]  # the samples before the cut, in order
+    assert after.num_samples == 10 + len(kept) and after.dropped == {"truncated tar": 10 - len(kept)}
+    assert after.image_check == "decode" and verify(shard_dir) == ([], 20 + len(kept))
 
 
 def test_verify_arguments(tmp_path):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fastmlic import __version__
 from fastmlic.datasets import DATASETS, AnnotationError, SplitListing, get_reader
 from fastmlic.shards.build import ImageOptions, SplitReport, build_split
-from fastmlic.shards.verify import repair, report_lines, verify
+from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,20 +187,26 @@ def verify_shards(shard_dir: Path, fix: bool) -> int:
         print("  " + line)
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more")
+    marked = record_checked(shard_dir, bad)
+    if marked:
+        print(f"recorded as decode-checked (DALI reads them): {', '.join(marked)}")
     if not bad:
         return 0
     if not fix:
-        print("pass --repair to rewrite these shards without the bad samples")
+        print("rewrite these shards without the bad samples: python tools/make_shards.py --verify "
+              f"{shard_dir} --repair")
         return 1
     try:
         rewritten = repair(shard_dir, bad)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # an unwritable disk; a key another tool wrote that ours refuses
+        print(f"error: repairing {shard_dir}: {e}", file=sys.stderr)
         return 1
-    print(
-        f"rewrote {len(rewritten)} shards without {len({(b.shard, b.key) for b in bad})} samples: "
-        + ", ".join(p.name for p in rewritten)
-    )
+    dropped = len({(b.shard, b.key) for b in bad if b.key != "*"})
+    names = ", ".join(p.name for p in rewritten)
+    print(f"rewrote {len(rewritten)} shards without {dropped} bad samples: {names}")
+    truncated = sorted({b.shard for b in bad if b.key == "*"})
+    if truncated:
+        print(f"truncated tars kept their whole samples before the cut: {', '.join(truncated)}")
     return 0
 
 

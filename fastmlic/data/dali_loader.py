@@ -12,14 +12,18 @@ With V views (a recipe's data request) the image is decoded once and the graph b
 decode into V chains of the random ops (crop, RandAugment, flip), each drawing its own randomness; a
 random crop then runs as its own op on the decoded image instead of inside the decoder.
 
-DALI cannot skip an undecodable image: the pipeline stops. Shards from make_shards only hold images
-that decoded; for others, the error is turned into one that names the bad members and the command
-that repairs them.
+DALI cannot skip an undecodable image: the pipeline stops, and some corrupt JPEGs crash the process
+in the decoder instead. So a split is read only when its images were decoded once before (make_shards
+does it while writing, `make_shards --verify` for shards from elsewhere; SPLIT.json records it); a
+small unrecorded split is checked here first. Any other failure is turned into an error that names
+the bad members and the command that repairs them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import time
 import warnings
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from ..shards.verify import check_shard
 from .batch import DataError, LoaderBase, nhwc_to_channels_last
 
 READER = "Reader"
-SCAN_LIMIT_BYTES = 2 << 30  # on a failure, look for the culprit ourselves in splits up to this size
+SCAN_LIMIT_BYTES = 2 << 30  # check an unchecked split, or look for a failure's culprit, up to this size
 
 
 def dali_available() -> bool:
@@ -133,6 +137,7 @@ class DaliLoader(LoaderBase):
                          subset=subset)  # fmt: skip
         self.root, self.rank, self.world_size = Path(root), rank, world_size  # DALI reshuffles per epoch
         self.seed = seed
+        self._require_checked_images()
         self._build()
 
     def _build(self, checkpoint: str | None = None) -> None:
@@ -149,7 +154,7 @@ class DaliLoader(LoaderBase):
             else None
         )
         graph = pipeline_def(_graph, enable_conditionals=True)  # RandAugment selects ops with `if`
-        with _quiet_dali_deprecations():
+        with _quiet_dali_deprecations(), self._explained():  # the iterator reads the first batch already
             self.pipe = graph(
                 self.shard_info,
                 self.root,
@@ -203,19 +208,70 @@ class DaliLoader(LoaderBase):
             views = [nhwc_to_channels_last(out[name]) for name in self.view_names]
             yield self._finish(views, out["targets"], out.get("ignore"), keys)
 
-    def _explain(self, error: RuntimeError) -> DataError:
-        first = next((ln for ln in str(error).splitlines() if "rror" in ln), str(error).splitlines()[0])
+    @contextlib.contextmanager
+    def _explained(self):
+        try:
+            yield
+        except RuntimeError as e:
+            # a half-built pipeline is not kept: its threads are stopped when it is freed, here, and not
+            # by a garbage collection in a process forked later (a DataLoader worker), where it hangs
+            self.pipe = self.iterator = None
+            raise self._explain(e) from None
+
+    def _require_checked_images(self) -> None:
+        info = self.shard_info
+        if info.image_check == "decode":
+            return
+        structure_only = info.image_check == "structure"
+        why = "only their JPEG structure was checked" if structure_only else "no check is recorded"
+        verify = f"python tools/make_shards.py --verify {self.root}"
+        if sum(s.bytes for s in info.shards) > SCAN_LIMIT_BYTES:
+            raise DataError(
+                f"{self.root / (info.split + '.json')}: the images of split {info.split!r} were never "
+                f"decoded once ({why}), and DALI's decoder can crash the process on a corrupt JPEG. Check "
+                f"them once (the result is recorded there): {verify}; or use --data.backend=torch, which "
+                f"skips unreadable samples"
+            )
+        started = time.perf_counter()
+        bad = self._bad_members()
+        if bad:
+            lines = [f"split {info.split!r} ({self.root}) has samples DALI cannot read:", *bad,
+                     f"remove them with: {verify} --repair (a truncated tar keeps its whole samples before "
+                     f"the cut); or use --data.backend=torch, which skips them"]  # fmt: skip
+            raise DataError("\n".join(lines))
+        warnings.warn(
+            f"split {info.split!r} ({self.root}): {why}, so its {info.num_samples} images were decoded "
+            f"once before DALI reads them ({time.perf_counter() - started:.1f} s); record the check with: "
+            f"{verify}",
+            stacklevel=3,
+        )
+
+    def _bad_members(self) -> list[str]:
+        """The split's unreadable members, one line each (at most 10 and a count)."""
         shards = self.shard_info
-        lines = [f"DALI stopped reading split {shards.split!r} ({self.root}): {first.strip()}"]
-        total = sum(s.bytes for s in shards.shards)
-        if total <= SCAN_LIMIT_BYTES:
-            bad = [b for p in shards.shard_paths(self.root) for b in check_shard(p, shards.num_classes)[0]]
-            lines += [f"  {b.shard}: {b.member} ({b.reason})" for b in bad[:10]]
-            if len(bad) > 10:
-                lines.append(f"  ... and {len(bad) - 10} more")
+        bad = [b for p in shards.shard_paths(self.root) for b in check_shard(p, shards.num_classes)[0]]
+        lines = [f"  {b.describe()}" for b in bad[:10]]
+        if len(bad) > 10:
+            lines.append(f"  ... and {len(bad) - 10} more")
+        return lines
+
+    def _explain(self, error: RuntimeError) -> DataError:
+        """DALI's message says which operator failed (with its traceback into our graph) and then, after
+        'encountered:', why; only the why is kept, then the members our own check finds."""
+        text = str(error)
+        op = re.search(r"operator `nvidia\.dali\.fn\.([\w.]+)`", text)
+        reason = text.split("encountered:", 1)[-1]
+        reason = next((ln.strip() for ln in reason.splitlines() if ln.strip() and "Critical error" not in ln),
+                      text.strip().splitlines()[0])  # fmt: skip
+        reason = re.sub(r'^Assert on ".*?" failed: ', "", reason)
+        shards = self.shard_info
+        where = f"in {op.group(1)} " if op else ""
+        lines = [f"DALI stopped {where}reading split {shards.split!r} ({self.root}): {reason}"]
+        if sum(s.bytes for s in shards.shards) <= SCAN_LIMIT_BYTES:
+            lines += self._bad_members()
         lines.append(
-            f"DALI cannot skip an undecodable image; list and remove them with: "
-            f"python tools/make_shards.py --verify {self.root} --repair"
+            f"DALI cannot skip an unreadable sample; list and remove them with: python tools/make_shards.py "
+            f"--verify {self.root} --repair (a truncated tar keeps its whole samples before the cut)"
         )
         return DataError("\n".join(lines))
 

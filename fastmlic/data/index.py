@@ -13,6 +13,10 @@ from pathlib import Path
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
 
 
+class BadSample(ValueError):
+    """A sample that cannot be read: the message names the member and what is wrong with it."""
+
+
 @dataclass(frozen=True)
 class SampleRef:
     shard: int  # position in SplitInfo.shards
@@ -69,7 +73,7 @@ class ShardIndex:
         offset, size = ref.members[ext]
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise OSError(f"{self.tars[ref.shard]}: member {ref.key}.{ext} is cut short (file truncated?)")
+            raise BadSample(f"{ref.key}.{ext} is cut short: {len(data)} of {size} bytes (a truncated tar)")
         return data
 
     def __getstate__(self):  # descriptors do not cross process boundaries

@@ -12,6 +12,7 @@ and a resumed run sees the same images as an uninterrupted one.
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import warnings
@@ -21,14 +22,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
 from .batch import LoaderBase, normalize_uint8
-from .index import ShardIndex
+from .index import BadSample, ShardIndex
 
-MAX_REDRAWS = 16  # training replaces an undecodable image by another; this many in a row is an error
+MAX_REDRAWS = 16  # training replaces an unreadable sample by another; this many in a row is an error
 
 
 def rank_block(num_samples: int, rank: int, world_size: int) -> range:
@@ -68,8 +68,10 @@ class TrainSampler(Sampler):
         return self.per_rank - self.start
 
 
-def image_transform(cfg: DataConfig, train: bool) -> v2.Compose:
-    """uint8 CHW -> uint8 CHW at image_size x image_size, with the training augmentations."""
+def image_transform(cfg: DataConfig, train: bool):
+    """uint8 CHW -> uint8 CHW at image_size x image_size, with the training augmentations (a v2.Compose)."""
+    from torchvision.transforms import v2  # not at import: torchvision takes seconds (--help loads this)
+
     size = (cfg.image_size, cfg.image_size)
     if not train:
         return v2.Compose([v2.Resize(size, antialias=True)])
@@ -86,7 +88,9 @@ def image_transform(cfg: DataConfig, train: bool) -> v2.Compose:
 
 class ShardDataset(Dataset):
     """Index (sample, epoch) -> ([HWC uint8 image per view] or None, labels, ignore, key, skipped
-    members). The image is decoded once and augmented `views` times, each view with its own seed."""
+    samples). The image is decoded once and augmented `views` times, each view with its own seed. A
+    sample that cannot be read (undecodable image, a member cut short by a truncated tar, a label of
+    the wrong length) is skipped and reported as (shard, key, reason)."""
 
     def __init__(self, index: ShardIndex, cfg: DataConfig, train: bool, seed: int, views: int = 1):
         self.index, self.train, self.seed, self.views = index, train, seed, views
@@ -100,37 +104,43 @@ class ShardDataset(Dataset):
         return len(self.index)
 
     def _decode(self, i: int) -> torch.Tensor:
-        """uint8 CHW RGB (grayscale and CMYK converted); ValueError says why an image is bad."""
+        """uint8 CHW RGB (grayscale and CMYK converted)."""
         data = self.index.read(i, IMAGE_EXT)
+        member = f"{self.index.refs[i].key}.{IMAGE_EXT}"
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if self.draft_size:  # DCT-domain downscale, never below the output size
                     im.draft("RGB", self.draft_size)
                 rgb = np.array(im.convert("RGB"))  # writable: torch tensors must be
         except UnidentifiedImageError:
-            raise ValueError("not a JPEG or any image format Pillow knows") from None
+            raise BadSample(f"{member} is not a JPEG or any image format Pillow knows") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(str(e) or type(e).__name__) from None
+            raise BadSample(f"{member} cannot be decoded: {str(e) or type(e).__name__}") from None
         return torch.from_numpy(rgb).permute(2, 0, 1)
 
     def _labels(self, i: int, ext: str) -> np.ndarray:
         row = np.frombuffer(self.index.read(i, ext), dtype=np.uint8)
+        member = f"{self.index.refs[i].key}.{ext}"
         if row.size != self.num_classes:
-            ref = self.index.refs[i]
-            raise ValueError(
-                f"{self.index.tars[ref.shard]}: {ref.key}.{ext} has {row.size} bytes, "
-                f"expected {self.num_classes}"
-            )
+            raise BadSample(f"{member} has {row.size} bytes; the split has {self.num_classes} classes")
+        if row.max(initial=0) > 1:
+            raise BadSample(f"{member} holds values other than 0 and 1")
         return row
+
+    def _read(self, i: int) -> tuple:
+        image = self._decode(i)
+        labels = self._labels(i, LABEL_EXT)
+        ignore = self._labels(i, IGNORE_EXT) if self.index.info.has_ignore else None
+        return image, labels, ignore
 
     def __getitem__(self, item: tuple[int, int]):
         i, epoch = item
         skipped = []
         for attempt in range(MAX_REDRAWS):
             try:
-                image = self._decode(i)
+                image, labels, ignore = self._read(i)
                 break
-            except ValueError as e:
+            except BadSample as e:
                 ref = self.index.refs[i]
                 skipped.append((self.index.tars[ref.shard], ref.key, str(e)))
                 if not self.train:  # evaluation leaves it out: no stand-in may enter the metrics
@@ -139,15 +149,13 @@ class ShardDataset(Dataset):
                 i = (i + 7919 * (attempt + 1)) % len(self.index)
         else:
             raise RuntimeError(
-                f"{MAX_REDRAWS} undecodable images in a row ({skipped[-1][0]}); "
-                "check the shards with: python tools/make_shards.py --verify DIR"
+                f"{MAX_REDRAWS} unreadable samples in a row ({skipped[-1][0]}: {skipped[-1][2]}); "
+                f"check the shards with: python tools/make_shards.py --verify {Path(skipped[-1][0]).parent}"
             )
         views = []
         for view in range(self.views):
             with _sample_rng(self.seed, epoch, i, view):
                 views.append(self.transform(image).permute(1, 2, 0))
-        labels = self._labels(i, LABEL_EXT)
-        ignore = self._labels(i, IGNORE_EXT) if self.index.info.has_ignore else None
         return views, labels, ignore, self.index.refs[i].key, skipped
 
 
@@ -241,6 +249,11 @@ class TorchLoader(LoaderBase):
         self.sampler.epoch, self.sampler.start = self.epoch, self.position * self.cfg.batch_size
 
     def __iter__(self):
+        if self.cfg.workers > 0:
+            # workers are forked from this process: garbage that owns threads (a DALI pipeline left in a
+            # reference cycle by an error) must be freed here first, else a worker's own collection
+            # runs its finalizer, which waits forever for threads the fork did not copy
+            gc.collect()
         for raw in self.loader:
             self._note_skipped(raw["skipped"])
             if not raw["keys"]:
@@ -255,7 +268,5 @@ class TorchLoader(LoaderBase):
     def _note_skipped(self, skipped: list) -> None:
         for shard, key, reason in skipped:
             if len(self.skipped) < 10:
-                warnings.warn(
-                    f"{shard}: skipped undecodable image {key}.{IMAGE_EXT} ({reason})", stacklevel=3
-                )
+                warnings.warn(f"{shard}: skipped sample {key} ({reason})", stacklevel=3)
             self.skipped.append((shard, key, reason))

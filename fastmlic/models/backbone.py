@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -44,6 +43,9 @@ class Backbone(nn.Module):
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         elif pretrained:
             kwargs["pretrained"] = True
+        import timm  # here, not at import: timm pulls in torchvision and dynamo (seconds), and a
+        # command's --help loads the config, which imports this module
+
         try:
             self.model = timm.create_model(name, **kwargs)
         except RuntimeError as e:

@@ -55,9 +55,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from torch import nn
-from torchvision.ops import roi_align
 
 from ..config import ConfigError, RecipeConfig, option
 from ..models import HEADS, Features, build_model
@@ -184,6 +182,8 @@ def crop(images: torch.Tensor, rois: torch.Tensor, side: tuple[int, int]) -> tor
     """The pixels of whole-pixel boxes `rois` [P, 5] (image index, x1, y1, x2, y2) of size `side` (h, w):
     [P, 3, h, w]. RoIAlign with aligned corners samples each output pixel at an input pixel's centre, so
     this is an exact crop, batched."""
+    from torchvision.ops import roi_align  # not at import: torchvision takes seconds (--help loads this)
+
     if not len(rois):
         return images.new_zeros(0, images.shape[1], *side)
     return roi_align(images.float(), rois.float(), side, aligned=True, sampling_ratio=1).to(images.dtype)
@@ -245,6 +245,8 @@ class OASSModule(RecipeModule):
             out["merged_cams"] = merge(head.cams(backbone(tile(images, pieces)).as_map()), pieces)
         if rois is not None:
             scale = features.grid[0] / images.shape[-2]
+            from torchvision.ops import roi_align
+
             pooled = roi_align(feature_map.float(), rois.float(), 1, spatial_scale=scale, aligned=True)
             out["box_features"] = pooled.flatten(1)  # [P, D]: the map's mean over each box
         if instances is not None:
@@ -291,7 +293,7 @@ class OASS(Recipe):
 
     def __init__(self, cfg, classes):
         super().__init__(cfg, classes)
-        self.teacher: ModelEmaV3 | None = None  # the student's copy, made at the first step (the probe)
+        self.teacher = None  # timm ModelEmaV3 of the student, made at the first step (the probe)
         self._teacher_state: dict | None = None  # from a checkpoint read before the teacher exists
 
     @classmethod
@@ -320,6 +322,8 @@ class OASS(Recipe):
 
     def _teacher(self, net: nn.Module) -> OASSModule:
         if self.teacher is None:
+            from timm.utils import ModelEmaV3
+
             self.teacher = ModelEmaV3(_unwrapped(net), decay=self.cfg.recipe.teacher_decay)
             self.teacher.requires_grad_(False)
             if self._teacher_state is not None:

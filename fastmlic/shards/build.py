@@ -268,6 +268,7 @@ def build_split(
         reencoded=dict(reencoded),
         source={"conventions": listing.conventions, **(source or {})},
         plan=plan,
+        image_check=options.check,
     )
     info.save(report.json_path)
     plan_path.unlink()

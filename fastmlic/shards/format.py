@@ -97,6 +97,9 @@ class SplitInfo:
     reencoded: dict[str, int] = field(default_factory=dict)  # images re-encoded, by reason
     source: dict[str, str] = field(default_factory=dict)  # dataset conventions, root, command, version
     plan: dict[str, object] = field(default_factory=dict)  # what fixes the shard contents (resume check)
+    # how the images were checked: "decode" (each decoded once, by make_shards or --verify; what DALI
+    # needs), "structure" (JPEG markers only), "" (never: shards from elsewhere, or older ones)
+    image_check: str = ""
     format: str = FORMAT
 
     @property

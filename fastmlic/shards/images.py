@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
 
@@ -33,6 +33,8 @@ def _open(data: bytes) -> Image.Image:
         raise BadImage("empty file")
     try:
         return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # its own message names only an in-memory buffer
+        raise BadImage("not a JPEG or any image format Pillow knows") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"not a readable image ({e})") from None
 

@@ -3,8 +3,9 @@
 DALI cannot skip an undecodable image: the whole pipeline stops, for garbage bytes without even
 naming the file. So shards from elsewhere are checked here in one pass: every image member is
 decoded once, and every label member must be C bytes of 0/1 when a SPLIT.json gives C. `repair`
-rewrites each affected shard without its bad samples (all members of their keys) and updates
-SPLIT.json's counts and label statistics.
+rewrites each affected shard without its bad samples (all members of their keys; a truncated tar
+keeps the whole samples before the cut) and updates SPLIT.json's counts and label statistics. A
+split found clean is marked decode-checked in its SPLIT.json, which is what lets DALI read it.
 """
 
 from __future__ import annotations
@@ -29,19 +30,35 @@ class BadMember:
     member: str
     reason: str
 
+    def describe(self) -> str:
+        """'SHARD: MEMBER: why' ('SHARD: why' for the tar itself)."""
+        what = "" if self.key == "*" else f" {self.member}:"
+        return f"{self.shard}:{what} {self.reason}"
 
-def _samples(tar_path: Path) -> dict[str, list[tuple[str, bytes]]]:
-    """{key: [(extension, payload), ...]} in tar order, split as webdataset does: the key keeps any
-    directory part and ends at the first dot of the file name."""
+
+def _samples(tar_path: Path) -> tuple[dict[str, list[tuple[str, bytes]]], str | None]:
+    """{key: [(extension, payload), ...]} in tar order, split as webdataset does (the key keeps any
+    directory part and ends at the first dot of the file name), and why reading stopped early (a
+    truncated or damaged tar), else None. After a stop the samples before it are whole; the one being
+    read when the tar ended may lack members, so it is left out."""
     samples: dict[str, list[tuple[str, bytes]]] = {}
-    with tarfile.open(tar_path) as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            dot = member.name.find(".", member.name.rfind("/") + 1)
-            key, ext = (member.name[:dot], member.name[dot + 1 :]) if dot >= 0 else (member.name, "")
-            samples.setdefault(key, []).append((ext, tf.extractfile(member).read()))
-    return samples
+    key = None
+    try:
+        with tarfile.open(tar_path) as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                dot = member.name.find(".", member.name.rfind("/") + 1)
+                key, ext = (member.name[:dot], member.name[dot + 1 :]) if dot >= 0 else (member.name, "")
+                samples.setdefault(key, []).append((ext, tf.extractfile(member).read()))
+            # tarfile takes a cut inside or right before a header for the archive's end; a whole tar
+            # ends with two zero blocks after its last member
+            if Path(tar_path).stat().st_size < tf.offset + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"no end-of-archive blocks after byte {tf.offset}")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        samples.pop(key, None)
+        return samples, str(e) or type(e).__name__
+    return samples, None
 
 
 def _split_infos(shard_dir: Path) -> dict[str, tuple[Path, SplitInfo]]:
@@ -58,12 +75,14 @@ def _split_infos(shard_dir: Path) -> dict[str, tuple[Path, SplitInfo]]:
 
 
 def check_shard(tar_path: Path, num_classes: int | None) -> tuple[list[BadMember], int]:
-    """Bad members of one shard and its number of samples."""
+    """Bad members of one shard and its number of readable samples. A tar that ends early (cut short
+    by a copy or a full disk) is one `BadMember` with key "*"; the samples before the cut are checked
+    as usual, and `repair` keeps the good ones."""
     bad = []
-    try:
-        samples = _samples(tar_path)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return [BadMember(tar_path.name, "*", "*", f"unreadable tar ({e})")], 0
+    samples, stopped = _samples(tar_path)
+    if stopped is not None:
+        reason = f"the tar ends early, after {len(samples)} whole samples ({stopped})"
+        bad.append(BadMember(tar_path.name, "*", "*", reason))
     for key, members in samples.items():
         for ext, payload in members:
             if ext in IMAGE_EXTS:
@@ -93,16 +112,16 @@ def verify(shard_dir: Path, progress=lambda n: None) -> tuple[list[BadMember], i
 
 
 def repair(shard_dir: Path, bad: list[BadMember]) -> list[Path]:
-    """Rewrite the shards named in `bad` without those samples and update their SPLIT.json."""
+    """Rewrite the shards named in `bad` without those samples (a truncated tar: with the whole
+    samples before the cut) and update their SPLIT.json; each split left with only checked images
+    records that (`SplitInfo.image_check`)."""
     shard_dir = Path(shard_dir)
     infos = _split_infos(shard_dir)
     rewritten, touched = [], {}
     for shard in sorted({b.shard for b in bad}):
         keys = {b.key for b in bad if b.shard == shard}
-        if "*" in keys:
-            raise ValueError(f"{shard_dir / shard}: the tar itself is unreadable; it cannot be repaired")
         tar_path = shard_dir / shard
-        kept = [ShardSample(k, tuple(m)) for k, m in _samples(tar_path).items() if k not in keys]
+        kept = [ShardSample(k, tuple(m)) for k, m in _samples(tar_path)[0].items() if k not in keys]
         size = write_shard(tar_path, kept)
         rewritten.append(tar_path)
         if shard in infos:
@@ -110,13 +129,28 @@ def repair(shard_dir: Path, bad: list[BadMember]) -> list[Path]:
             touched[json_path] = info
             entry = next(e for e in info.shards if e.tar == shard)
             info.shards[info.shards.index(entry)] = ShardEntry(entry.tar, entry.index, len(kept), size)
-            info.dropped["corrupt image"] = (
-                info.dropped.get("corrupt image", 0) + entry.num_samples - len(kept)
-            )
+            reason = "truncated tar" if "*" in keys else "corrupt image"
+            info.dropped[reason] = info.dropped.get(reason, 0) + entry.num_samples - len(kept)
     for json_path, info in touched.items():
         _recount(shard_dir, info)
         info.save(json_path)
+    record_checked(shard_dir, [])
     return rewritten
+
+
+def record_checked(shard_dir: Path, bad: list[BadMember]) -> list[str]:
+    """Mark each split in `shard_dir` none of whose shards is in `bad` as decode-checked in its
+    SPLIT.json (what the DALI loader asks for); returns the splits marked."""
+    marked = []
+    bad_shards = {b.shard for b in bad}
+    by_json = {json_path: info for json_path, info in _split_infos(Path(shard_dir)).values()}
+    for json_path, info in by_json.items():
+        if not bad_shards & {e.tar for e in info.shards}:
+            if info.image_check != "decode":
+                info.image_check = "decode"
+                info.save(json_path)
+            marked.append(info.split)
+    return marked
 
 
 def _recount(shard_dir: Path, info: SplitInfo) -> None:
