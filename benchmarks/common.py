@@ -66,9 +66,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_jsonl(name: str, rows: list[dict], env: dict) -> Path:
-    """Append one JSON line per row, each carrying the environment, to benchmarks/results/NAME-DATE.jsonl."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}-{env['date'][:10]}.jsonl"
+    """Append one JSON line per row, each carrying the environment, to NAME-DATE.jsonl in
+    benchmarks/results/ (or in $FASTMLIC_RESULTS_DIR, where benchmarks/gpu.py gathers one run's files)."""
+    folder = Path(os.environ.get("FASTMLIC_RESULTS_DIR") or RESULTS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{env['date'][:10]}.jsonl"
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps({**row, **env}) + "\n")

@@ -7,8 +7,15 @@
 Providers: the eager PyTorch reference, `torch.compile` of that reference, and the Triton kernel (GPU
 only; plus the chunked torch path for SupCon). Forward and forward+backward; median, p20 and p80
 time, peak memory, speed-up over eager. A Markdown table goes to stdout and JSON lines (with device,
-versions, commit and command) to benchmarks/results/. On GPU the ASL rows also give the memory-
-bandwidth floor (bytes moved once over the measured device copy bandwidth).
+versions, commit and command) to benchmarks/results/.
+
+On a GPU every row also gets its floor, from ceilings measured in the same run (benchmarks/ceilings.py):
+- ASL: the fewest bytes an autograd op moves (each pass reads logits and targets once, the backward
+  writes the gradient once) over the measured copy bandwidth;
+- SupCon: the GEMMs (2 N^2 D FLOPs forward, 6 N^2 D forward+backward) at the measured dense matmul
+  rate of the kernel's operands (bf16/fp16; fp32 inputs take three TF32 products, so a third of the
+  TF32 rate), plus the exponentials the maths needs (N^2 forward, 2 N^2 forward+backward) at the
+  measured exp2 rate.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastmlic.kernels import asl_loss, asl_reference, supcon_loss, supcon_reference  # noqa: E402
 
+from benchmarks.ceilings import measure as measure_ceilings  # noqa: E402
 from benchmarks.common import environment, markdown_table, peak_memory_bytes, time_ms, write_jsonl  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,7 +51,7 @@ class Case:
     label: str
     make_inputs: Callable[[], tuple]  # fresh inputs; the first one is differentiated
     providers: dict[str, Callable]
-    bytes_moved: dict[str, int] = field(default_factory=dict)  # mode -> compulsory bytes (for the floor)
+    floor: Callable[[dict, str], float] | None = None  # (ceilings, mode) -> the floor in ms
     needs: dict[str, int] = field(default_factory=dict)  # provider -> bytes it will allocate, when huge
 
 
@@ -63,9 +72,10 @@ def asl_cases(shapes, dtype, device) -> list[Case]:
             return x, torch.rand(b, c, device=device) < 0.1
 
         n, size = b * c, torch.finfo(dtype).bits // 8
-        # read x and y, write dx once (forward); the backward reads dx and writes the scaled gradient
-        moved = {"fwd": n * (size + 1), "fwd+bwd": n * (size + 1 + size) + n * 2 * size}
-        cases.append(Case("asl", f"{b}x{c}", make, providers, moved))
+        # forward: read x and the bool targets; backward: read them again, write dx
+        moved = {"fwd": n * (size + 1), "fwd+bwd": n * (size + 1) + n * (size + 1 + size)}
+        floor = lambda ceilings, mode, moved=moved: moved[mode] / ceilings["copy_bandwidth_GBps"] / 1e6  # noqa: E731
+        cases.append(Case("asl", f"{b}x{c}", make, providers, floor))
     return cases
 
 
@@ -83,12 +93,28 @@ def supcon_cases(shapes, dtype, device) -> list[Case]:
             return z, torch.randint(0, 80, (n,), device=device)  # label-level: one class id per embedding
 
         need = DENSE_BYTES_PER_PAIR * n * n
-        cases.append(Case("supcon", f"N={n} D={d}", make, providers,
+        cases.append(Case("supcon", f"N={n} D={d}", make, providers, partial(supcon_floor, n, d, dtype),
                           needs={"dense eager": need, "dense torch.compile": need}))  # fmt: skip
     return cases
 
 
+def supcon_floor(n: int, d: int, dtype: torch.dtype, ceilings: dict, mode: str) -> float:
+    """ms of the GEMMs at the operands' measured matmul rate plus the exponentials at the exp2 rate."""
+    flops = (2 if mode == "fwd" else 6) * n * n * d
+    exps = (1 if mode == "fwd" else 2) * n * n
+    rate = ceilings["tf32_matmul_TFLOPs"] / 3 if dtype == torch.float32 else ceilings["bf16_matmul_TFLOPs"]
+    return (flops / (rate * 1e12) + exps / (ceilings["exp2_per_s_T"] * 1e12)) * 1e3
+
+
 CASES = {"asl": asl_cases, "supcon": supcon_cases}
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """'256x80,16384x9605' -> [(256, 80), (16384, 9605)]."""
+    try:
+        return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: shapes are AxB separated by commas") from None
 
 
 def available_bytes(device: str) -> int:
@@ -97,14 +123,6 @@ def available_bytes(device: str) -> int:
     with open("/proc/meminfo") as f:
         info = dict(line.split(":", 1) for line in f)
     return int(info["MemAvailable"].split()[0]) * 1024
-
-
-def copy_bandwidth(device: str) -> float:
-    """Device copy bandwidth in bytes/s (read + write of a 1 GiB buffer)."""
-    src = torch.empty(2**30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device)["median_ms"]
-    return 2 * src.numel() / (ms / 1e3)
 
 
 def run_case(case: Case, mode: str, device: str, repeats: int) -> list[dict]:
@@ -121,8 +139,9 @@ def run_case(case: Case, mode: str, device: str, repeats: int) -> list[dict]:
 
         row = {"op": case.op, "shape": case.label, "mode": mode, "provider": name}
         need, free = case.needs.get(name, 0), available_bytes(device)
-        if device == "cpu" and need > 0.8 * free:
-            # reported, not attempted: on Linux an over-committed CPU allocation ends in the OOM killer
+        if need > 0.8 * free:
+            # reported, not attempted: on Linux an over-committed CPU allocation ends in the OOM killer,
+            # and on the GPU it takes a minute of allocations before it fails
             row["status"] = f"out of memory (needs ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free)"
             rows.append(row)
             continue
@@ -159,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", choices=list(DTYPES), default="fp32", help="input dtype (losses accumulate in fp32)"
     )
     p.add_argument("--quick", action="store_true", help="two shapes per op, fewer repeats")
+    p.add_argument("--asl-shapes", type=shape_list, metavar="BxC,...", help="instead of the default shapes")
+    p.add_argument("--supcon-shapes", type=shape_list, metavar="NxD,...",
+                   help="instead of the default shapes")  # fmt: skip
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per provider on CPU")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -166,23 +189,27 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu":
         print("no CUDA device: running the CPU providers only (the Triton provider needs a GPU)")
     ops = list(CASES) if args.op == "all" else [args.op]
-    bandwidth = copy_bandwidth(device) if device == "cuda" else None
+    ceilings = measure_ceilings() if device == "cuda" else None
     rows = []
     for op in ops:
         if op == "asl":
             shapes = ASL_SHAPES[:2] if args.quick else ASL_SHAPES + ([ASL_LARGE] if device == "cuda" else [])
+            shapes = args.asl_shapes or shapes
         else:
             shapes = [s for s in SUPCON_SHAPES if device == "cuda" or s[0] <= SUPCON_CPU_MAX_N]
             if args.quick:
                 shapes = shapes[:2]
-            if device == "cpu":
+            if device == "cpu" and not args.supcon_shapes:
                 print(f"supcon: CPU run covers N <= {SUPCON_CPU_MAX_N}; N = 65,536 needs a GPU")
+            shapes = args.supcon_shapes or shapes
         cases = CASES[op](shapes, dtype, device)
         for case in cases:
+            if args.no_compile:
+                case.providers = {k: v for k, v in case.providers.items() if "compile" not in k}
             for mode in ("fwd", "fwd+bwd"):
                 for row in run_case(case, mode, device, 5 if args.quick else args.repeats):
-                    if bandwidth and case.bytes_moved and "median_ms" in row:
-                        row["floor_ms"] = case.bytes_moved[mode] / bandwidth * 1e3
+                    if ceilings and case.floor and "median_ms" in row:
+                        row["floor_ms"] = case.floor(ceilings, mode)
                         row["x_floor"] = row["median_ms"] / row["floor_ms"]
                     row["dtype"] = args.dtype
                     rows.append(row)
@@ -192,15 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                         file=sys.stderr,
                     )
     env = environment()
-    print(
-        f"\nloss kernels on {env['device']} ({env['cpus']} CPUs), torch {env['torch']}, inputs {args.dtype}"
-        + (f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "")
-    )
+    measured = "" if not ceilings else (
+        f"; measured: copy {ceilings['copy_bandwidth_GBps']:.0f} GB/s, bf16 matmul "
+        f"{ceilings['bf16_matmul_TFLOPs']:.0f} TFLOP/s, TF32 {ceilings['tf32_matmul_TFLOPs']:.0f}, "
+        f"exp2 {ceilings['exp2_per_s_T']:.2f} T/s")  # fmt: skip
+    print(f"\nloss kernels on {env['device']} ({env['cpus']} CPUs), torch {env['torch']}, inputs {args.dtype}"
+          + measured)  # fmt: skip
     columns = ["op", "shape", "mode", "provider", "median_ms", "p20_ms", "p80_ms", "peak_MB", "speedup"]
-    if bandwidth:
+    if ceilings:
         columns += ["floor_ms", "x_floor"]
     print(markdown_table(rows, columns + ["status"]))
-    path = write_jsonl("loss_kernels", [{"benchmark": "loss_kernels", **r} for r in rows], env)
+    rows = [{"benchmark": "loss_kernels", **r, **(ceilings or {})} for r in rows]
+    path = write_jsonl("loss_kernels", rows, env)
     print(f"results: {path}")
     return 0
 

@@ -92,6 +92,35 @@ class EpochProgress:
         return self.carried + (torch.stack(self.losses).double().sum().item() if self.losses else 0.0)
 
 
+def train_step(p: TrainParts, batch, ctx: StepContext, last_micro: bool = True) -> tuple[torch.Tensor, dict]:
+    """Forward and backward of one (micro-)batch, then, on the last micro-batch of a step, the optimiser
+    step with clipping, loss scaling, schedule, EMA and the recipe's hook. Returns this rank's loss in
+    global-batch units (a device tensor: nothing here waits for the GPU) and the recipe's terms."""
+    no_sync = not last_micro and hasattr(p.net, "no_sync")
+    with p.net.no_sync() if no_sync else contextlib.nullcontext():
+        with autocast(ctx.device, ctx.amp):
+            terms = p.recipe.training_step(p.net, batch, ctx)
+        backward, loss = combine_terms(terms, ctx.world_size, p.accumulate)
+        (p.scaler.scale(backward) if p.scaler else backward).backward()
+    if last_micro:
+        if p.scaler:
+            p.scaler.unscale_(p.optimizer)
+        if p.grad_clip > 0:
+            nn.utils.clip_grad_norm_(p.module.parameters(), p.grad_clip)
+        if p.scaler:
+            p.scaler.step(p.optimizer)
+            p.scaler.update()
+        else:
+            p.optimizer.step()
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scheduler.step()
+        ctx.step += 1
+        if p.ema is not None:
+            p.ema.update(p.module, step=ctx.step)
+        p.recipe.after_step(p.module, ctx)
+    return loss, terms
+
+
 def train_one_epoch(
     parts: TrainParts, loader, ctx: StepContext, *, log_every: int = 20, on_log=None, progress: bool = False,
     start: EpochProgress | None = None, after_step=None,
@@ -118,44 +147,21 @@ def train_one_epoch(
             break
         wait += time.perf_counter() - t0
         last_micro = (i + 1) % p.accumulate == 0 or i + 1 == total_batches
-        no_sync = not last_micro and hasattr(p.net, "no_sync")
-        with p.net.no_sync() if no_sync else contextlib.nullcontext():
-            with autocast(ctx.device, ctx.amp):
-                terms = p.recipe.training_step(p.net, batch, ctx)
-            backward, loss = combine_terms(terms, ctx.world_size, p.accumulate)
-            (p.scaler.scale(backward) if p.scaler else backward).backward()
+        loss, terms = train_step(p, batch, ctx, last_micro)
         done.losses.append(loss)
         done.batches = i + 1
         images += len(batch)
-        if last_micro:
-            if p.scaler:
-                p.scaler.unscale_(p.optimizer)
-            if p.grad_clip > 0:
-                nn.utils.clip_grad_norm_(p.module.parameters(), p.grad_clip)
-            if p.scaler:
-                p.scaler.step(p.optimizer)
-                p.scaler.update()
-            else:
-                p.optimizer.step()
-            p.optimizer.zero_grad(set_to_none=True)
-            p.scheduler.step()
-            ctx.step += 1
-            if p.ema is not None:
-                p.ema.update(p.module, step=ctx.step)
-            p.recipe.after_step(p.module, ctx)
-            if ctx.step % log_every == 0:
-                row = _step_row(loss, terms, ctx, p.optimizer.param_groups[-1]["lr"])
-                if not math.isfinite(row["loss"]):
-                    raise NonFiniteLoss(
-                        f"loss is {row['loss']} at step {ctx.step}; {DIVERGENCE_HINT}."
-                    )
-                if on_log:
-                    on_log(row)
-            if after_step is not None and done.batches < total_batches:
-                after_step(done)
+        # reading a loss waits for the GPU: only on logged steps, whose row reads it anyway
+        if last_micro and ctx.step % log_every == 0:
+            row = _step_row(loss, terms, ctx, p.optimizer.param_groups[-1]["lr"])
+            if not math.isfinite(row["loss"]):
+                raise NonFiniteLoss(f"loss is {row['loss']} at step {ctx.step}; {DIVERGENCE_HINT}.")
+            if on_log:
+                on_log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+        if last_micro and after_step is not None and done.batches < total_batches:
+            after_step(done)
         bar.update(1)
-        if progress and i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     bar.close()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)

@@ -32,8 +32,10 @@ class MultiLabelLoss(nn.Module):
         if ignore is not None:
             cells = cells.masked_fill(ignore, 0.0)
         total = cells.sum()
-        if c.reduction == "mean":
-            total = total / (cells.numel() - (int(ignore.sum()) if ignore is not None else 0) or 1)
+        if c.reduction == "mean" and ignore is not None:  # the count stays on the device: reading it
+            total = total / (cells.numel() - ignore.sum()).clamp(min=1)  # would wait for the GPU
+        elif c.reduction == "mean":
+            total = total / max(cells.numel(), 1)
         return total * c.scale
 
 

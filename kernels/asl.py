@@ -1,4 +1,4 @@
-"""Asymmetric loss (ASL, Ridnik et al., ICCV 2021) as one fused Triton launch, beside its PyTorch reference.
+"""Asymmetric loss (ASL, Ridnik et al., ICCV 2021): Triton loss and gradient launches beside the reference.
 
 Semantics are those of Alibaba-MIIL/ASL `AsymmetricLoss` (HEAD 8c9e0bd), generalised to soft targets
 y in [0, 1] and an ignore mask:
@@ -67,10 +67,14 @@ def asl_reference(
     return total * scale
 
 
-# --------------------------------------------------------------------------- 2. kernel
+# --------------------------------------------------------------------------- 2. kernels
 #
-# One program handles BLOCK cells of the [R, C] view (any strides). It writes the loss partial sum of
-# its cells and, when the input needs a gradient, dl/dx per cell, so the backward is one multiply.
+# The forward reads x, y (and the ignore mask) once and writes one loss partial per program (and the
+# per-cell loss for reduction="none"); the backward reads them again and writes dl/dx times the
+# incoming gradient, which it reads from device memory: no host sync, nothing saved but the inputs,
+# and the fewest bytes an autograd op can move (each pass reads its inputs once, the backward writes
+# the gradient once). With contiguous inputs (FLAT) a cell's offset is its flat index, so loads are
+# vectorised; any other strides go through row and column indices.
 # Closed forms (verified against autograd in ../shared notes; masks follow torch's clamp backward):
 #   I_eps = [p >= eps]    I_c = [1 - p + clip <= 1] (1 without clip)    I_q = [q >= eps]
 #   dce = y (1 - p) I_eps - (1 - y) p (1 - p) I_c I_q / q
@@ -78,39 +82,56 @@ def asl_reference(
 #   detached:      dl/dx = -w dce
 #   not detached:  dl/dx = -(w dce + ce g b^(g-1) db)    (the second term is 0 where g == 0)
 # pow is exp2(g log2 b) with torch's edge cases: b^0 = 1, 0^g = 0 for g > 0, 0^g = inf for g < 0.
+# Logarithms: on the GPU the hardware's lg2.approx (absolute error about 2^-22): libdevice's precise
+# log is some 40 instructions, three of them were most of the forward's work, and the loss stays
+# within 1e-5 of float64 even when every cell is an easy positive (tests/test_gpu.py checks it at
+# 2e-5); the interpreter has no inline PTX and uses tl.log2 (FAST_LOG=False).
+
+LN2 = tl.constexpr(0.6931471805599453)  # a global a kernel reads must be a constexpr
 
 
 @triton.jit
-def _pow(b, g):
+def _log2(x, FAST_LOG: tl.constexpr):
+    if FAST_LOG:
+        out = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                        pack=1)  # fmt: skip
+    else:
+        out = tl.log2(x)
+    return out
+
+
+@triton.jit
+def _pow(b, g, FAST_LOG: tl.constexpr):
     safe = tl.where(b > 0, b, 1.0)
-    powered = tl.exp2(g * tl.log2(safe))
+    powered = tl.exp2(g * _log2(safe, FAST_LOG))
     at_zero = tl.where(g > 0, 0.0, float("inf"))
     return tl.where(g == 0, 1.0, tl.where(b > 0, powered, at_zero))
 
 
 @triton.jit
-def _asl_fwd_kernel(
-    x_ptr, y_ptr, ign_ptr, loss_ptr, partial_ptr, dx_ptr,
-    n_cells, C,
-    sx_r, sx_c, sy_r, sy_c, si_r, si_c,
-    gamma_pos, gamma_neg, clip, eps,
-    USE_CLIP: tl.constexpr, HAS_IGNORE: tl.constexpr, DETACH: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < n_cells
-    r = offs // C
-    c = offs % C
-    x = tl.load(x_ptr + r * sx_r + c * sx_c, mask=inside, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + r * sy_r + c * sy_c, mask=inside, other=0).to(tl.float32)
+def _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+                HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr):  # fmt: skip
+    """x and y in fp32 and whether each cell counts (inside and not ignored)."""
+    if FLAT:
+        x_offs, y_offs, i_offs = offs, offs, offs
+    else:
+        r = offs // C
+        c = offs % C
+        x_offs, y_offs, i_offs = r * sx_r + c * sx_c, r * sy_r + c * sy_c, r * si_r + c * si_c
+    x = tl.load(x_ptr + x_offs, mask=inside, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + y_offs, mask=inside, other=0).to(tl.float32)
     keep = inside
     if HAS_IGNORE:
-        ignored = tl.load(ign_ptr + r * si_r + c * si_c, mask=inside, other=0)
-        keep = keep & (ignored == 0)
+        keep = keep & (tl.load(ign_ptr + i_offs, mask=inside, other=0) == 0)
+    return x, y, keep
 
+
+@triton.jit
+def _terms(x, y, gamma_pos, gamma_neg, clip, eps, USE_CLIP: tl.constexpr, FAST_LOG: tl.constexpr):
+    """p, 1 - p, q, I_c, ce, b, g and w = b^g of the header, per cell."""
     z = tl.exp(-tl.abs(x))  # never overflows: sigmoid from exp(-|x|)
-    p = tl.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    r = 1.0 / (1.0 + z)  # one division per cell: they are the costliest instructions here
+    p = tl.where(x >= 0, r, z * r)
     one_minus_p = 1.0 - p
     if USE_CLIP:
         shifted = one_minus_p + clip
@@ -118,61 +139,108 @@ def _asl_fwd_kernel(
         i_c = (shifted <= 1.0).to(tl.float32)
     else:
         q = one_minus_p
-        i_c = 1.0
-    ce = y * tl.log(tl.maximum(p, eps)) + (1.0 - y) * tl.log(tl.maximum(q, eps))
+        i_c = tl.full(x.shape, 1.0, tl.float32)
+    ce = LN2 * (y * _log2(tl.maximum(p, eps), FAST_LOG) + (1.0 - y) * _log2(tl.maximum(q, eps), FAST_LOG))
     b = 1.0 - p * y - q * (1.0 - y)
     g = gamma_pos * y + gamma_neg * (1.0 - y)
-    w = _pow(b, g)
+    return p, one_minus_p, q, i_c, ce, b, g, _pow(b, g, FAST_LOG)
+
+
+@triton.jit
+def _asl_fwd_kernel(
+    x_ptr, y_ptr, ign_ptr, loss_ptr, partial_ptr,
+    n_cells, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+    gamma_pos, gamma_neg, clip, eps,
+    USE_CLIP: tl.constexpr, HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr, WRITE_LOSS: tl.constexpr,
+    FAST_LOG: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_cells
+    x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+                             HAS_IGNORE, FLAT)  # fmt: skip
+    _, _, _, _, ce, _, _, w = _terms(x, y, gamma_pos, gamma_neg, clip, eps, USE_CLIP, FAST_LOG)
     loss = tl.where(keep, -ce * w, 0.0)
     tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
     if WRITE_LOSS:
         tl.store(loss_ptr + offs, loss, mask=inside)
-    if WRITE_GRAD:
-        i_eps = (p >= eps).to(tl.float32)
-        i_q = (q >= eps).to(tl.float32)
-        dp = p * one_minus_p
-        dce = y * one_minus_p * i_eps - (1.0 - y) * dp * i_c * i_q / tl.maximum(q, eps)
-        grad = -w * dce
-        if not DETACH:
-            db = -y * dp + (1.0 - y) * dp * i_c
-            grad -= tl.where(g == 0, 0.0, ce * g * _pow(b, g - 1.0) * db)
-        tl.store(dx_ptr + offs, tl.where(keep, grad, 0.0).to(dx_ptr.dtype.element_ty), mask=inside)
 
 
-# --------------------------------------------------------------------------- 3. launcher
+@triton.jit
+def _asl_bwd_kernel(
+    x_ptr, y_ptr, ign_ptr, g_ptr, dx_ptr,
+    n_cells, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+    gamma_pos, gamma_neg, clip, eps,
+    USE_CLIP: tl.constexpr, HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr, DETACH: tl.constexpr,
+    PER_CELL: tl.constexpr, FAST_LOG: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """dx = dl/dx * G, G one fp32 value (the reduced loss's gradient times its scale) or, PER_CELL,
+    one per cell (reduction="none"); dx is contiguous."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_cells
+    x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+                             HAS_IGNORE, FLAT)  # fmt: skip
+    p, one_minus_p, q, i_c, ce, b, g, w = _terms(x, y, gamma_pos, gamma_neg, clip, eps, USE_CLIP, FAST_LOG)
+    i_eps = (p >= eps).to(tl.float32)
+    i_q = (q >= eps).to(tl.float32)
+    dp = p * one_minus_p
+    dce = y * one_minus_p * i_eps - (1.0 - y) * dp * i_c * i_q / tl.maximum(q, eps)
+    grad = -w * dce
+    if not DETACH:
+        db = -y * dp + (1.0 - y) * dp * i_c
+        grad -= tl.where(g == 0, 0.0, ce * g * _pow(b, g - 1.0, FAST_LOG) * db)
+    if PER_CELL:
+        grad = grad * tl.load(g_ptr + offs, mask=inside, other=0.0)
+    else:
+        grad = grad * tl.load(g_ptr)
+    tl.store(dx_ptr + offs, tl.where(keep, grad, 0.0).to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+# --------------------------------------------------------------------------- 3. launchers
 
 
 def _as_2d(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1) if t.dim() == 1 else t.reshape(-1, t.shape[-1])
 
 
-def _asl_forward(
-    logits, targets, ignore, gamma_pos, gamma_neg, clip, eps, detach_focal, write_grad, write_loss
-):
-    """Launch the kernel: (per-program partial sums, per-cell loss or None, per-cell dl/dx or None)."""
+def _cells(logits, targets, ignore):
+    """The [R, C] views the kernels index, uint8 for bool masks, and whether every one is contiguous."""
     x, y = _as_2d(logits), _as_2d(targets)
     if y.dtype == torch.bool:
         y = y.view(torch.uint8)
     ign = None if ignore is None else _as_2d(ignore)
     if ign is not None and ign.dtype == torch.bool:
         ign = ign.view(torch.uint8)
+    flat = all(t is None or t.is_contiguous() for t in (x, y, ign))
+    return x, y, ign, flat
+
+
+def launch_config(n_cells: int, interpret: bool | None = None) -> dict:
+    """BLOCK, num_warps and FAST_LOG for `n_cells` cells: the interpreter pays per program, so it gets
+    big blocks (and tl.log2); on the GPU 16 fp32 cells per thread keep enough bytes in flight on large
+    inputs."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1" if interpret is None else interpret
+    if interpret:
+        return {"BLOCK": 8192, "num_warps": 4, "FAST_LOG": False}
+    if n_cells >= 1 << 20:
+        return {"BLOCK": 4096, "num_warps": 8, "FAST_LOG": True}
+    return {"BLOCK": 1024, "num_warps": 4, "FAST_LOG": True}
+
+
+def _launch(kernel, x, y, ign, flat, outputs, options, **meta):
     n_cells, C = x.numel(), x.shape[-1]
-    # the interpreter runs each program in numpy: fewer, larger blocks are much faster there
-    block = 8192 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
-    grid = (max(triton.cdiv(n_cells, block), 1),)
-    partials = torch.zeros(grid[0], device=x.device, dtype=torch.float32)
-    loss = torch.empty(logits.shape, device=x.device, dtype=torch.float32) if write_loss else None
-    dx = torch.empty(logits.shape, device=x.device, dtype=logits.dtype) if write_grad else None
+    config = launch_config(n_cells)
+    grid = (max(triton.cdiv(n_cells, config["BLOCK"]), 1),)
     if n_cells:
+        gamma_pos, gamma_neg, clip, eps = options
         si = (0, 0) if ign is None else ign.stride()
-        _asl_fwd_kernel[grid](
-            x, y, ign if ign is not None else x, loss if write_loss else partials, partials,
-            dx if write_grad else partials, n_cells, C, *x.stride(), *y.stride(), *si,
+        kernel[grid](
+            x, y, ign if ign is not None else x, *outputs, n_cells, C, *x.stride(), *y.stride(), *si,
             float(gamma_pos), float(gamma_neg), float(clip), float(eps),
-            USE_CLIP=clip > 0, HAS_IGNORE=ign is not None, DETACH=detach_focal,
-            WRITE_GRAD=write_grad, WRITE_LOSS=write_loss, BLOCK=block, num_warps=4,
+            USE_CLIP=clip > 0, HAS_IGNORE=ign is not None, FLAT=flat, **meta, **config,
         )  # fmt: skip
-    return partials, loss, dx
+    return grid[0]
 
 
 # --------------------------------------------------------------------------- 4. autograd
@@ -183,38 +251,41 @@ class _ASLFunction(torch.autograd.Function):
     def forward(
         ctx, logits, targets, ignore, gamma_pos, gamma_neg, clip, eps, detach_focal, reduction, scale
     ):
-        write_loss = reduction == "none"
-        partials, loss, dx = _asl_forward(
-            logits, targets, ignore, gamma_pos, gamma_neg, clip, eps, detach_focal,
-            write_grad=ctx.needs_input_grad[0], write_loss=write_loss,
-        )  # fmt: skip
+        x, y, ign, flat = _cells(logits, targets, ignore)
+        options = (gamma_pos, gamma_neg, clip, eps)
+        programs = max(triton.cdiv(x.numel(), launch_config(x.numel())["BLOCK"]), 1)
+        partials = torch.zeros(programs, device=x.device, dtype=torch.float32)
+        per_cell = reduction == "none"
+        loss = torch.empty(logits.shape, device=x.device, dtype=torch.float32) if per_cell else None
+        _launch(_asl_fwd_kernel, x, y, ign, flat, (loss if loss is not None else partials, partials), options,
+                WRITE_LOSS=loss is not None)  # fmt: skip
+        # the scale of the reduced loss: a Python number, or a device tensor when the count of cells that
+        # are not ignored decides it (reading that count on the host would wait for the GPU)
         if reduction == "none":
-            out, factor = loss * scale, scale
+            factor = scale
+        elif reduction == "mean" and ignore is not None:
+            factor = scale / (logits.numel() - ignore.sum()).clamp(min=1).float()
+        elif reduction == "mean":
+            factor = scale / max(logits.numel(), 1)
         else:
-            total = partials.sum()
-            if reduction == "mean":
-                count = torch.tensor(logits.numel(), device=logits.device, dtype=torch.float32)
-                if ignore is not None:
-                    count = count - ignore.sum()
-                factor = scale / count.clamp(min=1)
-            else:
-                factor = torch.tensor(scale, device=logits.device, dtype=torch.float32)
-            out = total * factor
-        ctx.reduction = reduction
-        ctx.save_for_backward(dx, factor if torch.is_tensor(factor) else None)
-        ctx.scale = scale
+            factor = scale
+        out = loss * scale if reduction == "none" else partials.sum() * factor
+        ctx.save_for_backward(logits, targets, ignore, factor if torch.is_tensor(factor) else None)
+        ctx.options, ctx.detach, ctx.reduction, ctx.factor = options, detach_focal, reduction, factor
         return out
 
     @staticmethod
     def backward(ctx, grad_output):
-        dx, factor = ctx.saved_tensors
-        if dx is None:
+        logits, targets, ignore, factor_t = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
             return (None,) * 10
-        if ctx.reduction == "none":
-            grad = dx * (grad_output * ctx.scale)
-        else:
-            grad = dx * (grad_output * factor)  # a 0-dim fp32 factor keeps bf16/fp16 math in fp32
-        return (grad.to(dx.dtype),) + (None,) * 9
+        factor = factor_t if factor_t is not None else ctx.factor
+        g = (grad_output.float() * factor).contiguous()  # on the device: no sync
+        x, y, ign, flat = _cells(logits, targets, ignore)
+        dx = torch.empty(logits.shape, device=x.device, dtype=logits.dtype)
+        _launch(_asl_bwd_kernel, x, y, ign, flat, (g, dx), ctx.options, DETACH=ctx.detach,
+                PER_CELL=ctx.reduction == "none")  # fmt: skip
+        return (dx,) + (None,) * 9
 
 
 # --------------------------------------------------------------------------- 5. front
@@ -240,15 +311,19 @@ def _check(logits: torch.Tensor, targets: torch.Tensor, ignore: torch.Tensor | N
             raise TypeError(f"ignore must be bool or uint8, got {ignore.dtype}")
 
 
-def use_triton(device: torch.device, impl: str) -> bool:
-    """impl="auto": Triton on CUDA, torch on CPU; "triton" on CPU needs TRITON_INTERPRET=1."""
+def use_triton(device: torch.device, impl: str, dtype: torch.dtype = torch.float32) -> bool:
+    """impl="auto": Triton on CUDA, torch on CPU and for float64 (the kernels compute in fp32, the torch
+    path keeps float64); "triton" on CPU needs TRITON_INTERPRET=1 and refuses float64."""
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "triton" and dtype == torch.float64:
+        raise TypeError("impl='triton' computes in fp32 and takes fp32, bf16 or fp16 inputs; float64 runs "
+                        "in float64 with impl='torch' (or 'auto')")  # fmt: skip
     if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "impl='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before importing triton"
         )
-    return impl == "triton" or (impl == "auto" and device.type == "cuda")
+    return impl == "triton" or (impl == "auto" and device.type == "cuda" and dtype != torch.float64)
 
 
 def asl_loss(
@@ -271,7 +346,7 @@ def asl_loss(
     number of cells that are not ignored.
     """
     _check(logits, targets, ignore, reduction)
-    if not use_triton(logits.device, impl):
+    if not use_triton(logits.device, impl, logits.dtype):
         return asl_reference(
             logits, targets, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, eps=eps,
             detach_focal=detach_focal, reduction=reduction, scale=scale, ignore=ignore,

@@ -5,13 +5,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Triton reads this when a kernel is decorated: set it before anything imports fastmlic.kernels, so
-# impl="triton" runs under the interpreter on CPU tensors.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch  # imports no Triton
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Triton reads this when a kernel is decorated: set before anything imports fastmlic.kernels, so
+# impl="triton" runs under the interpreter on CPU tensors. Only without CUDA: with it the kernels are
+# compiled, and tests/test_gpu.py runs them on CUDA tensors.
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+needs_interpreter = pytest.mark.skipif(
+    CUDA, reason="on a CUDA machine the kernels are compiled, not interpreted: tests/test_gpu.py runs them"
+)
+INTERPRETED = pytest.param("triton", marks=needs_interpreter)  # the impl of the CPU kernel tests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/rawdata.py

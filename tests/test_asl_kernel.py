@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, INTERPRETED, assert_close, needs_interpreter
 from fastmlic.kernels import AsymmetricLoss, asl_loss, asl_reference
 
 SHAPES = [(1, 1), (7, 13), (41, 401), (64, 500), (3, 9605)]
-IMPLS = ["triton", "torch"]
+IMPLS = [INTERPRETED, "torch"]
 
 
 CLIPS = (0.05, 0.1)
@@ -132,6 +132,7 @@ def test_empty_batch_and_single_class(impl, gen):
     check(x1, y1, impl=impl, detach_focal=False)
 
 
+@needs_interpreter
 def test_module_matches_functional_and_validates(gen):
     x, y = make_inputs((7, 13), torch.float32, gen)
     module = AsymmetricLoss(gamma_pos=0, gamma_neg=4, clip=0.05, reduction="mean", impl="triton")
@@ -148,6 +149,7 @@ def test_module_matches_functional_and_validates(gen):
         asl_loss(x, y, ignore=torch.zeros(7, 13))
 
 
+@needs_interpreter
 def test_no_grad_inputs_skip_the_gradient_and_keep_grad_mode(gen):
     x, y = make_inputs((7, 13), torch.float32, gen)
     with torch.no_grad():
@@ -165,3 +167,15 @@ def test_auto_uses_torch_on_cpu(monkeypatch, gen):
         asl._ASLFunction, "apply", lambda *a: pytest.fail("Triton path used for a CPU tensor")
     )
     asl_loss(x, y)  # impl="auto"
+
+
+def test_float64_is_refused_by_the_kernel_and_kept_by_the_torch_path(gen):
+    x, y = make_inputs((7, 13), torch.float64, gen)
+    with pytest.raises(TypeError, match="float64 runs in float64 with impl='torch'"):
+        asl_loss(x, y, impl="triton")
+    xk = x.clone().requires_grad_()
+    asl_loss(xk, y).backward()  # auto: the reference, in float64
+    assert xk.grad.dtype == torch.float64
+    x64 = x.clone().requires_grad_()
+    asl_reference(x64, y).backward()
+    assert torch.equal(xk.grad, x64.grad)

@@ -6,6 +6,7 @@ per-image work in CPU workers, and the same code, so both backends give the same
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +35,19 @@ def nhwc_to_channels_last(nhwc: torch.Tensor) -> torch.Tensor:
     return nhwc.permute(0, 3, 1, 2)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A small constant tensor on `device`, made once: building it from a list copies from the host and
+    waits for the GPU, which every batch would otherwise pay (a host sync in the step's stream)."""
+    return torch.tensor(values, device=device)
+
+
 def normalize_uint8(
     nhwc: torch.Tensor, mean: list[float], std: list[float], dtype: torch.dtype
 ) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] in channels-last memory."""
-    mean_t = torch.tensor([m * 255 for m in mean], device=nhwc.device)
-    inv_std = torch.tensor([1 / (s * 255) for s in std], device=nhwc.device)
+    mean_t = _constant(tuple(m * 255 for m in mean), nhwc.device)
+    inv_std = _constant(tuple(1 / (s * 255) for s in std), nhwc.device)
     out = (nhwc.float() - mean_t) * inv_std
     return nhwc_to_channels_last(out.to(dtype))
 
@@ -60,8 +68,7 @@ def cutout_(
     in_rows = (rows >= (cy - half_h)[:, None]) & (rows < (cy + half_h)[:, None])  # [B, H]
     in_cols = (cols >= (cx - half_w)[:, None]) & (cols < (cx + half_w)[:, None])  # [B, W]
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [B, H, W, 1]
-    mean_t = torch.tensor(mean, device=dev)
-    std_t = torch.tensor(std, device=dev)
+    mean_t, std_t = _constant(tuple(mean), dev), _constant(tuple(std), dev)
     fill = ((rand[:, 2:5] - mean_t) / std_t).to(images.dtype)[:, None, None, :]  # [B, 1, 1, 3]
     nhwc = images.permute(0, 2, 3, 1)  # a view of the same memory
     nhwc.copy_(torch.where(mask, fill, nhwc))
@@ -82,7 +89,8 @@ class LoaderBase:
                  subset: tuple | None = None):  # fmt: skip
         self.shard_info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
         self.info, columns = subset if subset is not None else (info, None)
-        self.columns = torch.tensor(columns) if columns is not None else None
+        # the subset's label columns where the targets are indexed: on the device (made once, here)
+        self.columns = torch.tensor(columns, device=self.device) if columns is not None else None
         self.dtype = IMAGE_DTYPES[cfg.dtype]
         self.views = views
         self.cutout_seed = seed * 1_000_003 + rank
@@ -119,15 +127,13 @@ class LoaderBase:
                 cutout_(images, self.cfg.cutout, self.cfg.mean, self.cfg.std, rng)
             finished.append(images)
         self.position += 1
+        targets = targets.to(self.device, non_blocking=True)
+        ignore = ignore.to(self.device, non_blocking=True) if ignore is not None else None
         if self.columns is not None:
             targets = targets[:, self.columns]
             ignore = ignore[:, self.columns] if ignore is not None else None
-        return Batch(
-            views=finished,
-            targets=targets.to(self.device, non_blocking=True).float(),
-            ignore=ignore.to(self.device, non_blocking=True).bool() if ignore is not None else None,
-            keys=keys,
-        )
+        return Batch(views=finished, targets=targets.float(), keys=keys,
+                     ignore=ignore.bool() if ignore is not None else None)  # fmt: skip
 
 
 class DataError(RuntimeError):
