@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -109,7 +110,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows among: {', '.join(ROWS)}")
     p.add_argument("--epochs", type=int, default=3, help="epochs of every row that starts from random init")
-    p.add_argument("--quick", action="store_true", help="tiny generated digits set, one epoch, 32 px")
+    p.add_argument("--quick", action="store_true", help="tiny generated digits set, one epoch, 32 px, 2 jobs")
+    p.add_argument("--jobs", type=int, help="rows trained at once (default 1: each row's speed and memory "
+                   "are its own; --quick runs 2, whose figures are not for reading)")  # fmt: skip
     args, overrides = p.parse_known_args()
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
@@ -125,7 +128,7 @@ def main() -> None:
     given = [a.split("=", 1)[1] for a in budget + overrides if a.startswith("--data.shards=")]
     for backend in sorted({EMBEDDINGS[r] for r in rows if r in EMBEDDINGS}):
         write_embeddings(Path(given[-1] if given else "shards"), backend)
-    results = []
+    commands, chains = {}, {}  # a row that continues another runs after it, in its chain
     for name in rows:
         config, row_args, continues = ROWS[name]
         if continues and continues not in rows:
@@ -134,8 +137,12 @@ def main() -> None:
             start_from = [f"--train.init_from={work / continues.replace('/', '-') / 'last.pt'}"]
         else:
             start_from = [f"--train.epochs={epochs}"]
-        results.append(run_row(work, name, ["--cfg", config, *SAME_FOR_ALL, *budget, *row_args, *start_from,
-                                            *overrides]))  # fmt: skip
+        commands[name] = ["--cfg", config, *SAME_FOR_ALL, *budget, *row_args, *start_from, *overrides]
+        chains.setdefault(continues or name, []).append(name)
+    with ThreadPoolExecutor(args.jobs or (2 if args.quick else 1)) as pool:
+        done = pool.map(lambda chain: {n: run_row(work, n, commands[n]) for n in chain}, chains.values())
+        by_name = {k: v for chain in done for k, v in chain.items()}
+    results = [by_name[name] for name in rows]
     env = environment()
     memory = "GPU memory allocated" if not env["device"].startswith("cpu") else "process RSS"
     print(f"\ndigits, {epochs} epochs {' '.join(budget + overrides)}; {env['device']}, {env['cpus']} CPUs; "

@@ -257,15 +257,14 @@ FP32_DOT = "tf32x3"
 # slice keeps both operands' pipelines in registers, so its slices are narrower
 SLICES = {"native": (128, 64), "tf32x3": (64, 32), "ieee": (64, 64)}
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries on the GPU, once per (D, C, dtypes, N's
-# power of two), by dot precision and whether D fits one slice. The first of each compiles for sm_90
-# without spilling registers in both passes and both label modes (tests/test_kernel_resources.py);
-# the others spill in some of them, and are only chosen where they still run faster
-# (benchmarks/kernel_resources.py lists them all).
+# power of two), by dot precision and whether D fits one slice. Every one compiles for sm_90 without
+# spilling registers in both passes and both label modes (benchmarks/kernel_resources.py lists them;
+# tests/test_kernel_resources.py checks the first of each).
 GPU_TILES = {
     ("native", True): [(64, 64, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
     ("native", False): [(64, 64, 8, 2), (64, 64, 8, 1)],
-    ("tf32x3", True): [(64, 32, 4, 2), (64, 64, 8, 2)],
-    ("tf32x3", False): [(64, 32, 8, 2), (64, 16, 4, 2), (64, 32, 4, 2)],
+    ("tf32x3", True): [(64, 32, 4, 2)],
+    ("tf32x3", False): [(64, 32, 8, 2), (64, 16, 4, 2)],
 }
 INTERPRETER_TILE = 128  # the interpreter pays per program iteration: big tiles
 
