@@ -199,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fastmlic-gpu-") as tmp:
         shards = Path(tmp) / "shards"
         for section in plan(args, shards):
-            if section.needs and not any(d.name == "shards" for d in done):
+            made = any(d.name == "shards" for d in done)
+            if section.needs and not made and deadline - time.monotonic() > 15:
                 done.append(make_shards(shards, args.images or (48 if args.quick else 3072)))
             left = deadline - time.monotonic()
-            if any(d.name in section.needs and d.status != "ok" for d in done):
-                section.status = "not run: " + ", ".join(section.needs) + " failed"
-            elif left < 15:
+            if left < 15:
                 section.status = "not run: out of time"
+            elif any(d.name in section.needs and d.status != "ok" for d in done):
+                section.status = "not run: " + ", ".join(section.needs) + " failed"
             else:
                 print(f"{section.name} (up to {min(section.cap_s, left):.0f} s) ...", flush=True)
                 run_section(section, min(section.cap_s, left), env)
