@@ -109,9 +109,12 @@ def _pow(b, g, FAST_LOG: tl.constexpr):
 
 
 @triton.jit
-def _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
-                HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr):  # fmt: skip
-    """x and y in fp32 and whether each cell counts (inside and not ignored)."""
+def _load_cells(x_ptr, y_ptr, ign_ptr, n_cells, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
+                HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """This program's cells: their flat offsets, whether they exist, x and y in fp32, and whether each
+    counts (exists and is not ignored)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_cells
     if FLAT:
         x_offs, y_offs, i_offs = offs, offs, offs
     else:
@@ -123,7 +126,7 @@ def _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, 
     keep = inside
     if HAS_IGNORE:
         keep = keep & (tl.load(ign_ptr + i_offs, mask=inside, other=0) == 0)
-    return x, y, keep
+    return offs, inside, x, y, keep
 
 
 @triton.jit
@@ -154,14 +157,11 @@ def _asl_fwd_kernel(
     USE_CLIP: tl.constexpr, HAS_IGNORE: tl.constexpr, FLAT: tl.constexpr, WRITE_LOSS: tl.constexpr,
     FAST_LOG: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < n_cells
-    x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
-                             HAS_IGNORE, FLAT)  # fmt: skip
+    offs, inside, x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, n_cells, C, sx_r, sx_c, sy_r, sy_c, si_r,
+                                           si_c, HAS_IGNORE, FLAT, BLOCK)  # fmt: skip
     _, _, _, _, ce, _, _, w = _terms(x, y, gamma_pos, gamma_neg, clip, eps, USE_CLIP, FAST_LOG)
     loss = tl.where(keep, -ce * w, 0.0)
-    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(loss, axis=0))
     if WRITE_LOSS:
         tl.store(loss_ptr + offs, loss, mask=inside)
 
@@ -176,11 +176,8 @@ def _asl_bwd_kernel(
 ):  # fmt: skip
     """dx = dl/dx * G, G one fp32 value (the reduced loss's gradient times its scale) or, PER_CELL,
     one per cell (reduction="none"); dx is contiguous."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < n_cells
-    x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, offs, inside, C, sx_r, sx_c, sy_r, sy_c, si_r, si_c,
-                             HAS_IGNORE, FLAT)  # fmt: skip
+    offs, inside, x, y, keep = _load_cells(x_ptr, y_ptr, ign_ptr, n_cells, C, sx_r, sx_c, sy_r, sy_c, si_r,
+                                           si_c, HAS_IGNORE, FLAT, BLOCK)  # fmt: skip
     p, one_minus_p, q, i_c, ce, b, g, w = _terms(x, y, gamma_pos, gamma_neg, clip, eps, USE_CLIP, FAST_LOG)
     i_eps = (p >= eps).to(tl.float32)
     i_q = (q >= eps).to(tl.float32)
@@ -228,10 +225,15 @@ def launch_config(n_cells: int, interpret: bool | None = None) -> dict:
     return {"BLOCK": 1024, "num_warps": 4, "FAST_LOG": True}
 
 
+def _programs(n_cells: int) -> int:
+    """Blocks of the launch over `n_cells` (one loss partial each); at least 1, so a sum has a term."""
+    return max(triton.cdiv(n_cells, launch_config(n_cells)["BLOCK"]), 1)
+
+
 def _launch(kernel, x, y, ign, flat, outputs, options, **meta):
     n_cells, C = x.numel(), x.shape[-1]
     config = launch_config(n_cells)
-    grid = (max(triton.cdiv(n_cells, config["BLOCK"]), 1),)
+    grid = (_programs(n_cells),)
     if n_cells:
         gamma_pos, gamma_neg, clip, eps = options
         si = (0, 0) if ign is None else ign.stride()
@@ -240,7 +242,6 @@ def _launch(kernel, x, y, ign, flat, outputs, options, **meta):
             float(gamma_pos), float(gamma_neg), float(clip), float(eps),
             USE_CLIP=clip > 0, HAS_IGNORE=ign is not None, FLAT=flat, **meta, **config,
         )  # fmt: skip
-    return grid[0]
 
 
 # --------------------------------------------------------------------------- 4. autograd
@@ -253,25 +254,23 @@ class _ASLFunction(torch.autograd.Function):
     ):
         x, y, ign, flat = _cells(logits, targets, ignore)
         options = (gamma_pos, gamma_neg, clip, eps)
-        programs = max(triton.cdiv(x.numel(), launch_config(x.numel())["BLOCK"]), 1)
-        partials = torch.zeros(programs, device=x.device, dtype=torch.float32)
+        partials = torch.zeros(_programs(x.numel()), device=x.device, dtype=torch.float32)
         per_cell = reduction == "none"
         loss = torch.empty(logits.shape, device=x.device, dtype=torch.float32) if per_cell else None
         _launch(_asl_fwd_kernel, x, y, ign, flat, (loss if loss is not None else partials, partials), options,
                 WRITE_LOSS=loss is not None)  # fmt: skip
         # the scale of the reduced loss: a Python number, or a device tensor when the count of cells that
         # are not ignored decides it (reading that count on the host would wait for the GPU)
-        if reduction == "none":
-            factor = scale
-        elif reduction == "mean" and ignore is not None:
+        factor = scale
+        if reduction == "mean" and ignore is not None:
             factor = scale / (logits.numel() - ignore.sum()).clamp(min=1).float()
         elif reduction == "mean":
             factor = scale / max(logits.numel(), 1)
-        else:
-            factor = scale
-        out = loss * scale if reduction == "none" else partials.sum() * factor
-        ctx.save_for_backward(logits, targets, ignore, factor if torch.is_tensor(factor) else None)
-        ctx.options, ctx.detach, ctx.reduction, ctx.factor = options, detach_focal, reduction, factor
+        out = loss * scale if per_cell else partials.sum() * factor
+        counted = torch.is_tensor(factor)  # a tensor goes through save_for_backward, a number on ctx
+        ctx.save_for_backward(logits, targets, ignore, factor if counted else None)
+        ctx.options, ctx.detach, ctx.per_cell = options, detach_focal, per_cell
+        ctx.factor = None if counted else factor
         return out
 
     @staticmethod
@@ -279,12 +278,12 @@ class _ASLFunction(torch.autograd.Function):
         logits, targets, ignore, factor_t = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 10
-        factor = factor_t if factor_t is not None else ctx.factor
+        factor = factor_t if ctx.factor is None else ctx.factor
         g = (grad_output.float() * factor).contiguous()  # on the device: no sync
         x, y, ign, flat = _cells(logits, targets, ignore)
         dx = torch.empty(logits.shape, device=x.device, dtype=logits.dtype)
         _launch(_asl_bwd_kernel, x, y, ign, flat, (g, dx), ctx.options, DETACH=ctx.detach,
-                PER_CELL=ctx.reduction == "none")  # fmt: skip
+                PER_CELL=ctx.per_cell)  # fmt: skip
         return (dx,) + (None,) * 9
 
 
