@@ -315,9 +315,14 @@ def test_the_standard_recipe_keeps_the_losses_recorded_before_recipes_existed(sh
     run_train(shards, tmp_path, "g", "--train.log_every=1", *golden["args"])
     rows = [json.loads(line) for line in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
-    # bit-identical on the machine that recorded them; the tolerance only admits another CPU's kernels
-    assert losses == pytest.approx(golden["losses"], rel=1e-4)
-    assert [r["raw_mAP"] for r in rows if r["kind"] == "epoch"] == pytest.approx(golden["raw_mAP"], abs=1e-3)
+    # Bit-identical on the machine that recorded them. Another CPU's kernels round differently and
+    # training amplifies that about 3x a step (seen on an AMD EPYC: 2e-6 at step 1, 1e-4 at step 6,
+    # 4e-3 at step 14), so the first steps, where a change to the data, model, loss or optimiser shows,
+    # are held tight, and the rest only to the run's shape.
+    early = 4
+    assert losses[:early] == pytest.approx(golden["losses"][:early], rel=1e-4)
+    assert losses == pytest.approx(golden["losses"], rel=2e-2)
+    assert [r["raw_mAP"] for r in rows if r["kind"] == "epoch"] == pytest.approx(golden["raw_mAP"], abs=2e-2)
 
 
 def test_a_class_subset_run_evaluates_on_its_classes_and_seeds_a_full_run_by_class_name(shards, tmp_path):
