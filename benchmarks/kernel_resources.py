@@ -74,8 +74,8 @@ def supcon_variants(quick: bool) -> list[dict]:
         for d in (whole, 3 * whole + 8):  # the widest D held whole, and one streamed in slices
             for positives, c in (("class", 1), ("jaccard", 80)):
                 meta = supcon.plan(d, c, dtype, interpret=False)
-                tiles = supcon.GPU_TILES[meta["DOT"], meta["SINGLE_K"]]
                 for kernel in (supcon._supcon_fwd_kernel, supcon._supcon_bwd_kernel):
+                    tiles = supcon.GPU_TILES[supcon.tile_group(kernel, meta)]
                     for m, n, warps, stages in tiles[:1] if quick else tiles:
                         rows.append(dict(op="supcon", kernel=kernel, dtype=dtype, D=d, positives=positives,
                                          meta=dict(meta, JACCARD=positives == "jaccard", BLOCK_M=m,

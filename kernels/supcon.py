@@ -257,14 +257,17 @@ FP32_DOT = "tf32x3"
 # slice keeps both operands' pipelines in registers, so its slices are narrower
 SLICES = {"native": (128, 64), "tf32x3": (64, 32), "ieee": (64, 64)}
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries on the GPU, once per (D, C, dtypes, N's
-# power of two), by dot precision and whether D fits one slice. Every one compiles for sm_90 without
-# spilling registers in both passes and both label modes (benchmarks/kernel_resources.py lists them;
-# tests/test_kernel_resources.py checks the first of each).
+# power of two), by pass, dot precision and whether D fits one slice. Every one compiles for sm_90
+# without spilling registers in both label modes with Triton 3.6 and 3.8 (benchmarks/kernel_resources.py
+# lists them; tests/test_kernel_resources.py checks the first of each). The backward has no 128-row
+# tile: with Jaccard labels it needs 255 registers and spills under Triton 3.6.
+_NATIVE_WHOLE = [(64, 64, 8, 2), (64, 32, 4, 2)]
 GPU_TILES = {
-    ("native", True): [(64, 64, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
-    ("native", False): [(64, 64, 8, 2), (64, 64, 8, 1)],
-    ("tf32x3", True): [(64, 32, 4, 2)],
-    ("tf32x3", False): [(64, 32, 8, 2), (64, 16, 4, 2)],
+    ("fwd", "native", True): _NATIVE_WHOLE + [(128, 64, 8, 2)],
+    ("bwd", "native", True): _NATIVE_WHOLE,
+    **{(p, "native", False): [(64, 64, 8, 2), (64, 64, 8, 1)] for p in ("fwd", "bwd")},
+    **{(p, "tf32x3", True): [(64, 32, 4, 2)] for p in ("fwd", "bwd")},
+    **{(p, "tf32x3", False): [(64, 32, 8, 2), (64, 16, 4, 2)] for p in ("fwd", "bwd")},
 }
 INTERPRETER_TILE = 128  # the interpreter pays per program iteration: big tiles
 
@@ -289,18 +292,23 @@ def plan(d: int, c: int, dtype: torch.dtype, interpret: bool | None = None) -> d
 _TUNED: dict = {}
 
 
+def tile_group(kernel, meta: dict) -> tuple[str, str, bool]:
+    """The GPU_TILES key of `kernel` launched with `plan`'s `meta`."""
+    return ("bwd" if kernel is _supcon_bwd_kernel else "fwd", meta["DOT"], meta["SINGLE_K"])
+
+
 def _launcher(kernel, meta: dict):
     """The kernel as launched: autotuned over its GPU_TILES on the GPU, one fixed tile in the
     interpreter. The tuning key has N only by its power of two, so a new batch size does not retune."""
     if meta["CAST_FP32"]:  # the interpreter
         return lambda grid, *args, **kw: kernel[grid](*args, **kw, BLOCK_M=INTERPRETER_TILE,
                                                       BLOCK_N=INTERPRETER_TILE)  # fmt: skip
-    group = (meta["DOT"], meta["SINGLE_K"])
-    if (kernel, group) not in _TUNED:
+    group = tile_group(kernel, meta)
+    if group not in _TUNED:
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                    for m, n, w, st in GPU_TILES[group]]  # fmt: skip
-        _TUNED[kernel, group] = triton.autotune(configs=configs, key=["n_bucket", "D", "C"])(kernel)
-    tuned = _TUNED[kernel, group]
+        _TUNED[group] = triton.autotune(configs=configs, key=["n_bucket", "D", "C"])(kernel)
+    tuned = _TUNED[group]
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
