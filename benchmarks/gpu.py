@@ -3,6 +3,7 @@
 
     python benchmarks/gpu.py --out DIR            # on the GPU machine, about 8 minutes
     python benchmarks/gpu.py --quick              # the same sections on this CPU in under a minute (CI)
+    python benchmarks/gpu.py --only "gpu tests,loss kernels bf16" --no-install   # again, after a fix
 
 It needs only what that machine has (torch, torchvision, triton, timm, scikit-learn; no DALI, no
 webdataset, no network): it installs this checkout without dependencies, then runs, each in its own
@@ -178,6 +179,16 @@ def write_results(out: Path, sections: list[Section], budget: float, quick: bool
     return path
 
 
+def chosen(sections: list[Section], only: str, parser: argparse.ArgumentParser) -> list[Section]:
+    """The sections whose names start with one of `only`'s comma-separated names."""
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    known = ", ".join(s.name for s in sections)
+    for name in names:
+        if not any(s.name.startswith(name) for s in sections):
+            parser.error(f"--only {name!r} names no section; the sections: {known}")
+    return [s for s in sections if any(s.name.startswith(n) for n in names)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/gpu-DATE-TIME)")
@@ -185,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, help="time for all sections (default 480, --quick 150)")
     p.add_argument("--images", type=int, help="generated JPEGs (default 3072, --quick 48)")
     p.add_argument("--no-install", action="store_true", help="the project is installed already")
+    p.add_argument("--only", metavar="NAMES",
+                   help="comma-separated section names or their starts (e.g. 'gpu tests,loss'): run only "
+                        "these, to measure again what a fix changed")  # fmt: skip
     args = p.parse_args(argv)
     budget = args.budget_s or (150 if args.quick else 480)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -198,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         done.append(install(env))
     with tempfile.TemporaryDirectory(prefix="fastmlic-gpu-") as tmp:
         shards = Path(tmp) / "shards"
-        for section in plan(args, shards):
+        sections = plan(args, shards)
+        if args.only:
+            sections = chosen(sections, args.only, p)
+        for section in sections:
             made = any(d.name == "shards" for d in done)
             if section.needs and not made and deadline - time.monotonic() > 15:
                 done.append(make_shards(shards, args.images or (48 if args.quick else 3072)))
