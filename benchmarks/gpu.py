@@ -59,6 +59,8 @@ def plan(args, shards: Path) -> list[Section]:
     py = sys.executable
     cpu = args.quick
     tests = [py, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    if not cpu and _installed("xdist"):  # the tests' time is Triton compiling ~170 variants, one at a time
+        tests += ["-n", str(min(8, max(1, (os.cpu_count() or 2) // 2)))]  # per process: in parallel
     sections = [Section("ceilings", [py, str(BENCH / "ceilings.py")], 60), Section("gpu tests", tests, 200)]
     shapes = ["--asl-shapes", ASL_SHAPES, "--supcon-shapes", SUPCON_SHAPES]
     shapes = ["--quick", "--no-compile"] if cpu else shapes
@@ -89,13 +91,14 @@ def run_section(section: Section, timeout: float, env: dict) -> None:
     try:
         done = subprocess.run(section.command, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=ROOT)  # fmt: skip
-        errors = f"\n[stderr, last lines]\n{_tail(done.stderr, 30)}" if done.returncode else ""
+        errors = f"\n[stderr, last lines]\n{_tail(done.stderr, 60)}" if done.returncode else ""
         section.output = done.stdout + errors
         section.status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        section.output = out + f"\n[stderr, last lines]\n{_tail(err, 15)}"
+        # the benchmarks print a line per measured row on stderr: enough to keep every row so far
+        section.output = out + f"\n[stderr, last lines]\n{_tail(err, 100)}"
         section.status = f"timed out after {timeout:.0f} s"
     section.seconds = time.monotonic() - started
 

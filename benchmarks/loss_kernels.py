@@ -213,11 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                         row["x_floor"] = row["median_ms"] / row["floor_ms"]
                     row["dtype"] = args.dtype
                     rows.append(row)
-                    print(
-                        f"  {row['op']} {row['shape']} {mode} {row['provider']}: "
-                        f"{row.get('median_ms', float('nan')):.3f} ms {row.get('status', '')}",
-                        file=sys.stderr,
-                    )
+                    beside = "".join(f" {key} {row[key]:.2f}" for key in ("speedup", "x_floor") if key in row)
+                    print(f"  {row['op']} {row['shape']} {mode} {row['provider']}: "
+                          f"{row.get('median_ms', float('nan')):.3f} ms{beside} {row.get('status', '')}",
+                          file=sys.stderr, flush=True)  # fmt: skip  (a timed-out run keeps these lines)
     env = environment()
     measured = "" if not ceilings else (
         f"; measured: copy {ceilings['copy_bandwidth_GBps']:.0f} GB/s, bf16 matmul "

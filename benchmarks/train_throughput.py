@@ -86,6 +86,7 @@ def main() -> None:
         runs = sorted(fn() for _ in range(args.repeats))
         rate, wait = runs[len(runs) // 2]
         rows.append({"provider": name, "images/s": rate, "data_wait": wait if "trainer" in name else None})
+        print(f"  {name}: {rate:.1f} images/s", file=sys.stderr, flush=True)  # kept if a later row times out
     ceiling = min(rows[0]["images/s"], rows[1]["images/s"])
     for row in rows:
         row["ratio_to_min_ceiling"] = row["images/s"] / ceiling
