@@ -120,8 +120,8 @@ def test_validation_and_module(gen):
 
 @pytest.mark.slow
 def test_chunked_path_stays_flat_in_memory(gen):
-    """At N = 16,384 the dense reference holds several N x N fp32 matrices (~8 GB); chunking must not."""
-    n = 16384
+    """At N = 8,192 the dense reference holds several N x N fp32 matrices (~2 GB); chunking must not."""
+    n = 8192
     z, labels = make_inputs(n, 128, "class", gen, classes=80)
 
     def run(fn):
