@@ -41,7 +41,8 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "standard/linear": ("digits", ["--model.head=linear"], None),
     "standard/label_attention": ("digits", ["--model.head=label_attention"], None),
     "mulcon-stage1": ("mulcon_stage1_digits", [], None),
-    "mulcon-stage2": ("mulcon_stage2_digits", [], "mulcon-stage1"),
+    # chained here by hand (the stage-one row is a row of its own), not by the preset's first_stage
+    "mulcon-stage2": ("mulcon_stage2_digits", ["--recipe.first_stage="], "mulcon-stage1"),
     "coco": ("coco_digits", [], None),
     "coco/no-contrastive": ("coco_digits", ["--recipe.weight=0"], None),  # the same head, ASL alone
     "sgre": ("sgre_digits", [], None),

@@ -10,6 +10,7 @@ import pytest
 import rawdata
 import torch
 import torch.nn.functional as F
+import yaml
 from conftest import assert_close
 
 from fastmlic import train
@@ -184,3 +185,39 @@ def test_both_stages_end_to_end_on_digits(shards, tmp_path):
     with pytest.raises(ValueError, match=r"recipe.init_ema asks for EMA weights"):
         train.main(["--cfg", "mulcon_stage2_digits", *tiny, f"--train.init_from={stage1 / 'best.pt'}",
                     "--train.name=noema"])  # fmt: skip
+
+
+def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(shards, tmp_path):
+    from fastmlic import pipeline
+
+    first = tmp_path / "first.yaml"  # a stage one of one epoch: the user's own file on the preset
+    first.write_text("base: mulcon_stage1_digits\ntrain:\n  epochs: 1\n")
+    args = ["--cfg", "mulcon_stage2_digits", f"--recipe.first_stage={first}", f"--data.shards={shards}",
+            f"--train.out_dir={tmp_path}", "--train.name=both", "--data.image_size=32", "--data.workers=0",
+            "--data.backend=torch", "--model.embed_dim=32", "--train.epochs=1"]  # fmt: skip
+    done = pipeline.main(args)
+    root = tmp_path / "both"
+    assert done["ran"] == ["stage1", "stage2"] and set(done["stages"].values()) == {"done"}
+    one = yaml.safe_load((root / "stage1" / "config.yaml").read_text())
+    two = yaml.safe_load((root / "stage2" / "config.yaml").read_text())
+    # stage one: its own file's recipe, optimiser and epochs; the command line's data and model
+    assert (one["recipe"]["stage"], one["optim"]["name"], one["train"]["epochs"]) == (1, "adamw", 1)
+    assert (two["recipe"]["stage"], two["optim"]["name"]) == (2, "sgd")
+    for section, key in (("data", "shards"), ("data", "image_size"), ("model", "embed_dim"),
+                         ("train", "seed")):  # fmt: skip
+        assert one[section][key] == two[section][key], (section, key)
+    assert two["train"]["init_from"] == str(root / "stage1" / "last.pt")
+    log = (root / "stage2" / "log.txt").read_text()
+    assert "4 tensors not in the checkpoint keep their initialisation (projector." in log  # all else loaded
+    assert pipeline.main(args)["ran"] == []  # done: the same command again skips both
+
+
+@pytest.mark.parametrize("preset, value, message", [
+    ("mulcon_stage2_digits", "mulcon_stage2_digits", "is recipe mulcon stage 2; name a MulCon stage-one"),
+    ("mulcon_stage2_digits", "digits", "is recipe standard; name a MulCon stage-one preset"),
+    ("mulcon_stage2_digits", "mulcon_stage1_digitz", "first_stage='mulcon_stage1_digitz': config file"),
+    ("mulcon_stage1_digits", "mulcon_stage1_digits", "is for recipe.stage=2"),
+])  # fmt: skip
+def test_a_wrong_first_stage_fails_when_the_config_loads(preset, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset, [f"--recipe.first_stage={value}"])

@@ -37,7 +37,7 @@ def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
     cfg = load_config(path, ["--recipe.temperature=0.1"])  # name applies first, wherever it is written
     assert (cfg.recipe.name, cfg.recipe.weight, cfg.recipe.temperature) == ("mulcon", 0.3, 0.1)
     assert cfg.to_dict()["recipe"] == {"name": "mulcon", "stage": 2, "weight": 0.3, "temperature": 0.1,
-                                       "proj_dim": 128, "init_ema": False}  # fmt: skip
+                                       "proj_dim": 128, "init_ema": False, "first_stage": ""}  # fmt: skip
     assert load_config(cfg.to_dict()) == cfg  # a checkpoint's config dict round-trips
     # another recipe on the command line starts from that recipe's defaults
     assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPES.lookup("standard").Config()

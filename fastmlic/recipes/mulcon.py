@@ -15,6 +15,9 @@ SonDaoDuy/MulCon, read for this file).
   supervised contrastive over every (image, positive label) slot, positives being the same label in
   any other slot (other images and the other view), through `fastmlic.kernels.supcon_loss`. The
   projector (Linear -> ReLU -> Linear to `proj_dim`, L2-normalised) exists in stage 2 only.
+- Both stages in one command: `python -m fastmlic.pipeline --cfg mulcon_stage2_<dataset>` trains
+  `recipe.first_stage` in PIPELINE/stage1, then this config in PIPELINE/stage2 from stage one's
+  last.pt, resumably (see `first_stage_config` for what each stage takes from where).
 - Under DDP the contrastive term sees the slots of the global batch (gathered with their gradient),
   so N processes equal one process on the global batch, as DataParallel did in the original.
 - Backbone and attention blocks train at `optim.backbone_lr_factor` x lr (the official `lrp` 0.1);
@@ -31,16 +34,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, class_difference
-from ..config import ConfigError, RecipeConfig, option
+from ..config import Config, ConfigError, RecipeConfig, load_config, option
 from ..distributed import gather_with_grad
 from ..kernels import supcon_loss
 from ..models import HEADS, Features
+from ..pipeline import Stage, stage_config
 from .base import RECIPES, DataRequest, Recipe, RecipeModule, Term
 
 
@@ -52,6 +58,59 @@ class MulConConfig(RecipeConfig):
     temperature: float = option(0.2, "stage 2: temperature of the contrastive term")
     proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space")
     init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
+    first_stage: str = option(
+        "",
+        "stage 2: the stage-1 preset or YAML that `python -m fastmlic.pipeline` trains first; its last.pt "
+        "then starts this run (train.py ignores it and reads train.init_from)",
+    )
+
+
+# --------------------------------------------------------------------------- both stages in one pipeline
+
+# what stage one takes from its own preset; every other key (shards, classes, image size, backbone and
+# head, device, precision, seed...) comes from the stage-two config with the command line's overrides,
+# so the two runs see the same data and build the same model. Stage two's batch holds two views of
+# each image, so the presets give stage one its own batch size.
+FIRST_STAGE_OWN = {"loss": None, "optim": None, "ema": None, "recipe": None,
+                   "data": ("batch_size",), "train": ("epochs", "init_from")}  # fmt: skip
+_LOADING: set[str] = set()  # the first_stage presets being loaded: a chain that names itself stops
+
+
+def first_stage_preset(cfg: Config) -> Config:
+    """The config `recipe.first_stage` names, checked to be a MulCon stage one."""
+    name = cfg.recipe.first_stage
+    if cfg.recipe.stage != 2:
+        raise ConfigError(f"recipe.first_stage={name!r} is for recipe.stage=2 (it names the stage before it)")
+    if name in _LOADING:
+        raise ConfigError(f"recipe.first_stage={name!r} leads back to itself")
+    _LOADING.add(name)
+    try:
+        first = load_config(name)
+    except (ConfigError, FileNotFoundError) as e:
+        raise ConfigError(f"recipe.first_stage={name!r}: {e}") from None
+    finally:
+        _LOADING.discard(name)
+    if first.recipe.name != "mulcon" or first.recipe.stage != 1:
+        raise ConfigError(f"recipe.first_stage={name!r} is recipe {first.recipe.name}"
+                          f"{f' stage {first.recipe.stage}' if first.recipe.name == 'mulcon' else ''}; "
+                          "name a MulCon stage-one preset (mulcon_stage1_<dataset>)")  # fmt: skip
+    return first
+
+
+def first_stage_config(cfg: Config, folder: Path) -> Config:
+    """Stage one: FIRST_STAGE_OWN from the `recipe.first_stage` preset, the rest from `cfg`."""
+    own, mapping = first_stage_preset(cfg).to_dict(), cfg.to_dict()
+    for section, keys in FIRST_STAGE_OWN.items():
+        taken = own[section] if keys is None else {k: own[section][k] for k in keys}
+        mapping[section] = taken if keys is None else {**mapping[section], **taken}
+    return stage_config(mapping, folder, source=f"recipe.first_stage {cfg.recipe.first_stage}")
+
+
+def second_stage_config(cfg: Config, root: Path) -> Config:
+    """Stage two: `cfg`, starting from stage one's last.pt (its EMA weights with `recipe.init_ema`)."""
+    mapping = cfg.to_dict()
+    mapping["train"] = {**mapping["train"], "init_from": str(root / "stage1" / "last.pt")}
+    return stage_config(mapping, root / "stage2")
 
 
 def label_contrastive_loss(
@@ -200,6 +259,17 @@ class MulCon(Recipe):
             raise ConfigError(f"recipe.stage={r.stage} must be 1 or 2")
         if r.init_ema and not (r.stage == 2 and cfg.train.init_from):
             raise ConfigError("recipe.init_ema needs recipe.stage=2 and train.init_from (stage 1's last.pt)")
+        if r.first_stage:
+            first_stage_preset(cfg)  # a wrong preset fails now, not after stage one has trained
+
+    @classmethod
+    def stages(cls, cfg: Config, root: Path) -> list[Stage]:
+        """Stage two with `recipe.first_stage`: stage1, then stage2 from its last.pt; else one run."""
+        if not cfg.recipe.first_stage:
+            return super().stages(cfg, root)
+        first = Stage("stage1", root / "stage1", config=partial(first_stage_config, cfg, root / "stage1"))
+        return [first, Stage("stage2", root / "stage2", needs=("stage1",),
+                             config=partial(second_stage_config, cfg, root))]  # fmt: skip
 
     @classmethod
     def data_request(cls, cfg) -> DataRequest:
