@@ -3,6 +3,7 @@ every head x recipe under DDP, frozen teachers, and MulCon's label-level contras
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -136,6 +137,12 @@ def _ddp_worker(rank: int, kind: str, store: str, out: str):
     grads = _grads_of_step(recipe, net, module, images[half], targets[half], world_size=2)
     if rank == 0:
         torch.save(grads, out)
+    # DDP's reducer holds the group and its last Gloo work: freed after the group (at exit) it can abort
+    # the process ("terminate called without an active exception", seen once in CI; fastmlic.distributed
+    # .cleanup says how often): it goes first, and no rank tears down while its peer is in a collective
+    del net
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
