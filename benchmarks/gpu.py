@@ -67,10 +67,12 @@ def plan(args, shards: Path) -> list[Section]:
     sections = [Section("ceilings", [py, str(BENCH / "ceilings.py")], 60), Section("gpu tests", tests, 200)]
     shapes = ["--asl-shapes", ASL_SHAPES, "--supcon-shapes", SUPCON_SHAPES]
     shapes = ["--quick", "--no-compile"] if cpu else shapes
-    losses = {dtype: Section(f"loss kernels {dtype}", [py, str(BENCH / "loss_kernels.py"), "--dtype", dtype,
-                                                         *shapes], cap)
-              for dtype, cap in ((("bf16", 110),) if cpu else (("bf16", 110), ("fp32", 90)))}  # fmt: skip
-    sections.append(losses.pop("bf16"))  # the training dtype; on the CPU one is enough
+
+    def loss_kernels(dtype: str, cap: float) -> Section:
+        command = [py, str(BENCH / "loss_kernels.py"), "--dtype", dtype, *shapes]
+        return Section(f"loss kernels {dtype}", command, cap)
+
+    sections.append(loss_kernels("bf16", 110))  # the training dtype; on the CPU one is enough
     workers = str(os.cpu_count() or 1)
     side, batch = ("32", "16") if cpu else ("224", "128")
     command = [py, str(BENCH / "pipeline.py"), "--split", str(shards / "vg500" / "train.json"), "--device",
@@ -80,6 +82,8 @@ def plan(args, shards: Path) -> list[Section]:
     models = [("resnet10t", 32, 16)] if cpu else MODELS
     steps = ["--steps", "3", "--repeats", "1"] if cpu else ["--steps", "20", "--repeats", "3"]
     for compiled in (False,) if cpu else (False, True):
+        if compiled:  # after the eager trainer rows: what the targets need least, where a short budget cuts
+            sections.append(loss_kernels("fp32", 90))
         for backbone, size, batch_size in models:
             name = f"train {backbone} {size}px {'compiled' if compiled else 'eager'}"
             command = [py, str(BENCH / "train_throughput.py"), "--cfg", "vg500", *steps,
@@ -87,9 +91,6 @@ def plan(args, shards: Path) -> list[Section]:
                        f"--data.batch_size={batch_size}", "--data.backend=torch", f"--data.workers={workers}",
                        "--train.amp=bf16", f"--train.compile={str(compiled).lower()}"]  # fmt: skip
             sections.append(Section(name, command, 150 if compiled else 100, needs=["shards"]))
-        # what the targets need (bf16 kernels, eager trainer) comes first; the sections after
-        # this are the first a short budget leaves out
-        sections += [losses.pop(dtype) for dtype in list(losses)]
     return sections
 
 

@@ -221,3 +221,10 @@ def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(s
 def test_a_wrong_first_stage_fails_when_the_config_loads(preset, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(preset, [f"--recipe.first_stage={value}"])
+
+
+def test_a_first_stage_that_leads_back_to_itself_is_refused(tmp_path):
+    loop = tmp_path / "loop.yaml"  # a stage two naming itself as its stage one
+    loop.write_text(f"base: mulcon_stage2_digits\nrecipe:\n  first_stage: {loop}\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(loop)

@@ -67,12 +67,12 @@ class MulConConfig(RecipeConfig):
 
 # --------------------------------------------------------------------------- both stages in one pipeline
 
-# what stage one takes from its own preset; every other key (shards, classes, image size, backbone and
-# head, device, precision, seed...) comes from the stage-two config with the command line's overrides,
-# so the two runs see the same data and build the same model. Stage two's batch holds two views of
-# each image, so the presets give stage one its own batch size.
-FIRST_STAGE_OWN = {"loss": None, "optim": None, "ema": None, "recipe": None,
-                   "data": ("batch_size",), "train": ("epochs", "init_from")}  # fmt: skip
+# what stage one takes from its own preset (whole sections, and single keys); every other key (shards,
+# classes, image size, backbone and head, device, precision, seed...) comes from the stage-two config
+# with the command line's overrides, so the two runs see the same data and build the same model. Stage
+# two's batch holds two views of each image, so the presets give stage one its own batch size.
+FIRST_STAGE_SECTIONS = ("loss", "optim", "ema", "recipe")
+FIRST_STAGE_KEYS = {"data": ("batch_size",), "train": ("epochs", "init_from")}
 _LOADING: set[str] = set()  # the first_stage presets being loaded: a chain that names itself stops
 
 
@@ -98,11 +98,13 @@ def first_stage_preset(cfg: Config) -> Config:
 
 
 def first_stage_config(cfg: Config, folder: Path) -> Config:
-    """Stage one: FIRST_STAGE_OWN from the `recipe.first_stage` preset, the rest from `cfg`."""
+    """Stage one: FIRST_STAGE_SECTIONS and FIRST_STAGE_KEYS from the `recipe.first_stage` preset, the
+    rest from `cfg`."""
     own, mapping = first_stage_preset(cfg).to_dict(), cfg.to_dict()
-    for section, keys in FIRST_STAGE_OWN.items():
-        taken = own[section] if keys is None else {k: own[section][k] for k in keys}
-        mapping[section] = taken if keys is None else {**mapping[section], **taken}
+    for section in FIRST_STAGE_SECTIONS:
+        mapping[section] = own[section]
+    for section, keys in FIRST_STAGE_KEYS.items():
+        mapping[section] = {**mapping[section], **{k: own[section][k] for k in keys}}
     return stage_config(mapping, folder, source=f"recipe.first_stage {cfg.recipe.first_stage}")
 
 
