@@ -9,20 +9,21 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError
-from .data import DataError
-from .distributed import cleanup
-from .engine import NonFiniteLoss
 from .preemption import PREEMPTED, Preempted
-from .run import RunFolderError
 
 
-class MissingPackage(RuntimeError):
+class UserError(RuntimeError):
+    """Input that a command cannot use (data, run folder, diverged loss...); the modules that raise it
+    subclass it (DataError, RunFolderError, NonFiniteLoss), so this module imports none of them, nor
+    the torch that they import: `--help` and a bad option answer at once."""
+
+
+class MissingPackage(UserError):
     """An optional package a command needs is not installed; the message says what to install."""
 
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, NonFiniteLoss,
-               RunFolderError, MissingPackage)  # fmt: skip
+# ConfigError and the errors of file readers are ValueErrors
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def probability(text: str) -> float:
@@ -47,14 +48,22 @@ def exit_on_user_error(main: Callable[[], object]) -> int:
     try:
         main()
     except Preempted:
-        cleanup()
+        _cleanup()
         return PREEMPTED  # the trainer has printed where it saved and how to continue
     except USER_ERRORS as e:
         print(f"error{where}: {e}", file=sys.stderr)
-        cleanup()
+        _cleanup()
         return 2
     except Exception as e:  # a bug or a failed rank: the traceback, then one line saying which rank
         if rank is not None:
             print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         raise
     return 0
+
+
+def _cleanup() -> None:
+    """Leave the process group, if fastmlic.distributed made one: a command that never imported it
+    (and so torch) has none."""
+    distributed = sys.modules.get("fastmlic.distributed")
+    if distributed is not None:
+        distributed.cleanup()

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .registry import Registry, UnknownName
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -175,18 +177,24 @@ class EmaConfig:
 
 @dataclass
 class RecipeConfig:
-    """What every recipe's config has; a recipe subclasses it with its own keys and default name."""
+    """What every recipe's config has; a recipe subclasses it with its own keys and default name, and
+    registers it in RECIPE_CONFIGS under the name its training code has in RECIPES. Its docstring's
+    first line is the recipe's summary in `--help`."""
 
     name: str = option("standard", "training recipe (fastmlic/recipes); its keys are listed below")
 
 
+# recipe name -> its config class. Apart from RECIPES (fastmlic/recipes/base.py) because the configs
+# import no torch: loading a config and `--help` do not wait the seconds that `import torch` takes
+RECIPE_CONFIGS: Registry[type[RecipeConfig]] = Registry("recipe", "recipe.name")
+
+
 def recipe_config(name: str) -> RecipeConfig:
-    """The default config of the recipe registered as `name` (recipes import torch: loaded on demand)."""
-    from .recipes import RECIPES
-    from .registry import UnknownName
+    """The default config of the recipe registered as `name`."""
+    from . import recipes  # noqa: F401  (registers the built-in recipes' configs)
 
     try:
-        config = RECIPES.lookup(name).Config()
+        config = RECIPE_CONFIGS.lookup(name)()
     except UnknownName as e:
         raise ConfigError(str(e)) from None
     config.name = name  # the registered name, also for a recipe that reuses another's config class
@@ -372,10 +380,13 @@ def _file_items(cfg: str | Path | dict, source: str = "", chain: tuple[str, ...]
 
 
 def load_config(
-    cfg: str | Path | dict | None = None, overrides: list[str] | None = None, source: str = ""
+    cfg: str | Path | dict | None = None, overrides: list[str] | None = None, source: str = "",
+    recipe_checks: bool = True,
 ) -> Config:
     """Defaults, then `cfg` (a YAML file by path or bare name, or an already-parsed mapping such as a
-    checkpoint's config; `source` names it in errors), then the command-line `overrides`."""
+    checkpoint's config; `source` names it in errors), then the command-line `overrides`. Without
+    `recipe_checks` the head and the recipe's own checks are left out: they import the heads' and
+    recipes' training code, so torch, which `--help` does not wait for."""
     config = Config()
     if cfg is not None:
         for where, section, key, value in _name_first(_file_items(cfg, source)):
@@ -386,6 +397,8 @@ def load_config(
     for section, key, raw in _name_first(parse_overrides(overrides or [])):
         _apply(config, section, key, _override_value(_field_type(config, section, key), raw))
     validate(config)
+    if recipe_checks:
+        check_recipe(config)
     return config
 
 
@@ -454,15 +467,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.embed_dim={cfg.model.embed_dim} must be divisible by model.heads")
     if cfg.model.pretrained and cfg.model.pretrained_path:
         raise ConfigError("set model.pretrained or model.pretrained_path, not both")
+
+
+def check_recipe(cfg: Config) -> None:
+    """That `model.head` is a known head that fits the recipe, and the recipe's own cross-field checks."""
     from .models import HEADS
     from .recipes import RECIPES
-    from .registry import UnknownName
 
     try:
         HEADS.lookup(cfg.model.head)
+        recipe = RECIPES.lookup(cfg.recipe.name)  # a config registered without its training code
     except UnknownName as e:
         raise ConfigError(str(e)) from None
-    RECIPES.lookup(cfg.recipe.name).check(cfg)  # the recipe's own cross-field checks
+    recipe.check(cfg)
 
 
 def _describe_fields(section: str, section_type: type, values=None, skip: tuple[str, ...] = ()) -> list[str]:
@@ -482,7 +499,7 @@ def describe(cfg: Config | None = None) -> str:
     """Every key with its type, value and help, every recipe's keys included: what `--help` prints.
     The values are `cfg`'s (what a `--cfg` and overrides resolve to; a key that differs from its
     default names the default too), else the defaults."""
-    from .recipes import RECIPES
+    from . import recipes  # noqa: F401  (registers the built-in recipes' configs)
 
     lines = []
     for section, section_type in _sections().items():
@@ -491,12 +508,11 @@ def describe(cfg: Config | None = None) -> str:
         lines.append(f"{section}:")
         lines += _describe_fields(section, section_type, None if cfg is None else getattr(cfg, section))
     chosen = "standard" if cfg is None else cfg.recipe.name
-    lines.append(f"recipe:  (--recipe.name picks one of: {', '.join(RECIPES)}; here {chosen!r})")
-    for name, recipe in RECIPES.items():
-        summary = (recipe.__doc__ or "").strip().splitlines()[0] if recipe.__doc__ else ""
-        lines.append(f"  {name}: {summary}")
+    lines.append(f"recipe:  (--recipe.name picks one of: {', '.join(RECIPE_CONFIGS)}; here {chosen!r})")
+    for name, config_type in RECIPE_CONFIGS.items():
+        lines.append(f"  {name}: {config_type.__doc__.strip().splitlines()[0]}")
         values = cfg.recipe if cfg is not None and name == chosen else None
-        lines += ["  " + line for line in _describe_fields("recipe", recipe.Config, values, skip=("name",))]
+        lines += ["  " + line for line in _describe_fields("recipe", config_type, values, skip=("name",))]
     return "\n".join(lines)
 
 
@@ -532,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     add_help(parser)
     args, rest = parser.parse_known_args(argv)
     try:
-        cfg = load_config(args.cfg, rest)
+        cfg = load_config(args.cfg, rest, recipe_checks=not args.help)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     print_help_if_asked(parser, args, cfg, args.cfg)
@@ -540,4 +556,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # the package's own module, not this copy named __main__: the recipes register in its RECIPE_CONFIGS
+    from fastmlic.config import main as config_main
+
+    config_main()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .cli import UserError
 from .distributed import all_gather_objects, all_reduce_sum
 from .metrics import multilabel_metrics
 from .recipes.base import Recipe, StepContext, Term
@@ -20,7 +21,7 @@ from .recipes.base import Recipe, StepContext, Term
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the message says at which step and what to try."""
 
 

@@ -12,11 +12,6 @@ import sys
 import time
 
 from .cli import exit_on_user_error, probability
-from .data import build_loader, split_json
-from .distributed import cleanup, init_distributed
-from .engine import collect_predictions, gather_predictions
-from .metrics import multilabel_metrics
-from .trainer import load_for_inference
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,6 +21,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threshold", type=probability, help="score threshold for CP/CR/... (default: the run's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args, overrides = p.parse_known_args(argv)
+    # torch and everything built on it, after the arguments: `--help` answers without them
+    from .data import build_loader, split_json
+    from .distributed import cleanup, init_distributed
+    from .engine import collect_predictions, gather_predictions
+    from .metrics import multilabel_metrics
+    from .trainer import load_for_inference
+
     dist = init_distributed("auto")
     model = load_for_inference(args.ckpt, overrides, dist.device)
     cfg = model.cfg

@@ -161,16 +161,17 @@ def parse_args(argv: list[str] | None, prog: str, doc: str):
             p.print_help()
             raise SystemExit(0)
         p.error("--cfg is required")
-    print_help_if_asked(p, args, load_config(args.cfg, overrides), args.cfg)
+    if args.help:  # the recipe's checks import its training code (torch): left to the run
+        print_help_if_asked(p, args, load_config(args.cfg, overrides, recipe_checks=False), args.cfg)
     return args, overrides
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline", doc: str = __doc__
          ) -> dict:  # fmt: skip
-    from .distributed import cleanup, init_distributed
+    args, overrides = parse_args(argv, prog, doc)
+    from .distributed import cleanup, init_distributed  # torch: after `--help`
     from .recipes import RECIPES
 
-    args, overrides = parse_args(argv, prog, doc)
     cfg = load_config(args.cfg, overrides)
     root = Path(cfg.train.out_dir) / (cfg.train.name or Path(args.cfg).stem)
     stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, root)

@@ -10,20 +10,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .cli import exit_on_user_error, positive_int, probability
-from .data.batch import normalize_uint8
-from .engine import autocast
-from .trainer import load_for_inference
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
+def load_image(path: Path, size: int) -> np.ndarray:
     """uint8 HWC at size x size (squash resize, as evaluation does)."""
     with Image.open(path) as im:
         rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.array(rgb))
+    return np.array(rgb)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -37,6 +33,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="one JSON object per image (`error` instead of `labels` if unreadable)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=32)
     args = p.parse_args(argv)
+    # torch and everything built on it, after the arguments: `--help` answers without them
+    import torch
+
+    from .data.batch import normalize_uint8
+    from .engine import autocast
+    from .trainer import load_for_inference
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(args.ckpt, [], device)
     cfg, classes = model.cfg, model.classes
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except (OSError, ValueError) as e:
                 found[path] = {"image": str(path), "error": f"not a readable image ({e})"}
         if pixels:
-            uint8 = torch.stack(pixels).to(device)
+            uint8 = torch.from_numpy(np.stack(pixels)).to(device)
             images = normalize_uint8(uint8, cfg.data.mean, cfg.data.std, torch.float32)
             with torch.no_grad(), autocast(device, model.amp):
                 scores = torch.sigmoid(model.module.predict(images)["logits"].float()).cpu().numpy()

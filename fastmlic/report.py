@@ -19,17 +19,15 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .cli import MissingPackage, exit_on_user_error
-from .data import build_loader, split_json
-from .data.index import ShardIndex
-from .engine import collect_predictions
-from .metrics import multilabel_metrics
 from .shards.format import SplitInfo
-from .trainer import load_for_inference
+
+if TYPE_CHECKING:
+    from .data.index import ShardIndex
 
 GRID_IMAGES = 12
 TOP_LABELS = 3
@@ -298,6 +296,15 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
 
 
 def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], epochs: list[dict]) -> None:
+    # torch and everything built on it, here: `--help` and the checks before inference answer without them
+    import torch
+
+    from .data import build_loader, split_json
+    from .data.index import ShardIndex
+    from .engine import collect_predictions
+    from .metrics import multilabel_metrics
+    from .trainer import load_for_inference
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(run / "best.pt", [], device)
     cfg, ckpt, classes = model.cfg, model.checkpoint, model.classes

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .cli import UserError
 
 # keys that may differ on --resume: they change how the job runs, not what it computes
 OPERATIONAL_KEYS = {
@@ -38,7 +39,7 @@ CHECKED_KEYS = {"train.epochs": "larger than the run's", "data.shards": "the sam
 RUN_FILES = ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json", "checkpoints")
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError):
     """The run folder cannot be used or written; the message names the path and the cause."""
 
 

@@ -12,12 +12,14 @@ if __package__ in (None, ""):  # run as a script: import the package, not fastml
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import os  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from fastmlic.cli import exit_on_user_error  # noqa: E402
 from fastmlic.config import add_help, load_config, print_help_if_asked  # noqa: E402
-from fastmlic.distributed import cleanup, init_distributed  # noqa: E402
-from fastmlic.run import RunDir  # noqa: E402
-from fastmlic.trainer import Trainer, memory_kind  # noqa: E402
+
+if TYPE_CHECKING:
+    from fastmlic.run import RunDir
 
 
 def parse_args(argv: list[str] | None):
@@ -32,15 +34,19 @@ def parse_args(argv: list[str] | None):
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there")
-        cfg = load_config(args.cfg or saved, overrides)
+        cfg = load_config(args.cfg or saved, overrides, recipe_checks=not args.help)
     else:
-        cfg = load_config(args.cfg or "digits", overrides)
+        cfg = load_config(args.cfg or "digits", overrides, recipe_checks=not args.help)
     print_help_if_asked(p, args, cfg, args.cfg or (saved if args.resume else "digits"))
     return cfg, args.resume
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, resume = parse_args(argv)
+    # torch and everything built on it, after the arguments: `--help` answers without them
+    from fastmlic.distributed import cleanup, init_distributed
+    from fastmlic.trainer import Trainer
+
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     trainer = Trainer(cfg, dist, resume)
     summary = trainer.fit()
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_summary(run: RunDir, s: dict, dist) -> None:
+    from fastmlic.trainer import memory_kind
+
     best = s["best"]
     lines = [
         "=" * 64,
@@ -81,7 +89,9 @@ def print_summary(run: RunDir, s: dict, dist) -> None:
 
 
 if __name__ == "__main__":
-    # torchrun's failure report then shows the failed rank's exception, not only its exit code
-    from torch.distributed.elastic.multiprocessing.errors import record
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # set by torchrun for each rank
+        # torchrun's failure report then shows the failed rank's exception, not only its exit code
+        from torch.distributed.elastic.multiprocessing.errors import record
 
-    sys.exit(record(exit_on_user_error)(main))
+        sys.exit(record(exit_on_user_error)(main))
+    sys.exit(exit_on_user_error(main))

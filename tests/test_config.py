@@ -1,4 +1,8 @@
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT
 
 from fastmlic.config import (
     CONFIG_DIR,
@@ -36,6 +40,34 @@ def test_help_shows_the_values_the_command_line_resolves_to(capsys):
     with pytest.raises(SystemExit):
         config.main(["--help"])
     assert "--train.epochs=5 " in capsys.readouterr().out  # digits' 5, not the dataclass default 40
+
+
+HELP_WITHOUT_TORCH = """
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:], "--help"]
+try:
+    if sys.argv[0].endswith(".py"):
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+print("torch imported" if "torch" in sys.modules else "no torch")
+"""
+
+
+@pytest.mark.parametrize("command", [
+    ["fastmlic/train.py"], ["fastmlic/train.py", "--cfg", "mulcon_stage2_digits"], ["fastmlic.config"],
+    ["fastmlic.evaluate"], ["fastmlic.predict"], ["fastmlic.report"], ["fastmlic.pipeline"],
+    ["fastmlic.psd", "--cfg", "psd_digits"], ["fastmlic.partition"], ["tools/make_shards.py"],
+    ["tools/label_embeddings.py"],
+])  # fmt: skip
+def test_every_command_answers_help_without_importing_torch(command):
+    # `import torch` takes seconds; a --help that waits for it is what users complained of
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *command], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "no torch", done.stdout[-500:]
 
 
 @pytest.mark.parametrize("name", ["digits", "voc2007", "mscoco", "nuswide", "vg500"])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import ROOT, assert_close
 
 from fastmlic import train
-from fastmlic.config import ConfigError, RecipeConfig, describe, load_config, option
+from fastmlic.config import RECIPE_CONFIGS, ConfigError, RecipeConfig, describe, load_config, option
 from fastmlic.data import Batch
 from fastmlic.engine import combine_terms
 from fastmlic.models import HEADS
@@ -41,7 +41,7 @@ def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
                                        "proj_dim": 128, "init_ema": False, "first_stage": ""}  # fmt: skip
     assert load_config(cfg.to_dict()) == cfg  # a checkpoint's config dict round-trips
     # another recipe on the command line starts from that recipe's defaults
-    assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPES.lookup("standard").Config()
+    assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPE_CONFIGS.lookup("standard")()
 
 
 @pytest.mark.parametrize(
@@ -64,11 +64,26 @@ def test_recipe_keys_are_as_strict_as_every_other_section(overrides, message):
 
 def test_help_lists_every_recipe_with_its_keys():
     text = describe()
-    for name, recipe in RECIPES.items():
-        assert f"  {name}: " in text
-        for field in recipe.Config.__dataclass_fields__:
+    for name, config_type in RECIPE_CONFIGS.items():
+        summary = config_type.__doc__.strip().splitlines()[0]
+        assert f"  {name}: {summary}" in text
+        assert not summary.startswith(config_type.__name__)  # its docstring, not the one @dataclass writes
+        for field in config_type.__dataclass_fields__:
             if field != "name":
                 assert f"--recipe.{field}=" in text, (name, field)
+
+
+def test_every_recipe_has_its_keys_and_its_training_code_under_one_name():
+    assert list(RECIPE_CONFIGS) == list(RECIPES)
+    for name in RECIPES:
+        assert load_config("digits", [f"--recipe.name={name}"], recipe_checks=False).recipe.name == name
+
+
+def test_help_shows_a_config_whose_head_does_not_fit_its_recipe_and_the_run_refuses_it():
+    overrides = ["--recipe.name=mulcon", "--model.head=linear"]
+    assert load_config("digits", overrides, recipe_checks=False).model.head == "linear"
+    with pytest.raises(ConfigError, match="needs label_features"):
+        load_config("digits", overrides)
 
 
 # --------------------------------------------------------------------------- DDP scaling
@@ -230,7 +245,6 @@ class DistillConfig(RecipeConfig):
 class Distill(Standard):
     """A test recipe: classification plus a mean BCE towards a frozen teacher's scores."""
 
-    Config = DistillConfig
     seen: list = []
 
     def teacher_paths(self):
@@ -249,6 +263,7 @@ class Distill(Standard):
 def test_a_frozen_teacher_stays_out_of_training_and_checkpoints_reference_it(shards, tmp_path, monkeypatch):
     args = base_args(shards, tmp_path) + ["--train.epochs=1"]
     train.main([*args, "--train.name=teacher"])
+    monkeypatch.setitem(RECIPE_CONFIGS, "distill", DistillConfig)
     monkeypatch.setitem(RECIPES, "distill", Distill)
     teacher = tmp_path / "teacher" / "best.pt"
     Distill.seen.clear()
@@ -282,9 +297,10 @@ def test_a_frozen_teacher_stays_out_of_training_and_checkpoints_reference_it(sha
 
 def test_the_readme_example_recipe_registers_and_trains(shards, tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text()
-    start = text.index("# fastmlic/recipes/l2feat.py")
+    start = text.index("# fastmlic/recipes/l2feat_config.py")
     code = text[start : text.index("```", start)]
-    monkeypatch.setattr(RECIPES, "register", _register_into(monkeypatch))  # leaves RECIPES as it was
+    for registry in (RECIPE_CONFIGS, RECIPES):  # left as they were
+        monkeypatch.setattr(registry, "register", _register_into(registry, monkeypatch))
     module = types.ModuleType("fastmlic.recipes.l2feat")
     module.__package__ = "fastmlic.recipes"
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -298,11 +314,11 @@ def test_the_readme_example_recipe_registers_and_trains(shards, tmp_path, monkey
     assert summary["epochs"] == 1
 
 
-def _register_into(monkeypatch):
+def _register_into(registry, monkeypatch):
     def register(name):
-        def add(recipe):
-            monkeypatch.setitem(RECIPES, name, recipe)
-            return recipe
+        def add(entry):
+            monkeypatch.setitem(registry, name, entry)
+            return entry
 
         return add
 

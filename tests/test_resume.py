@@ -239,9 +239,11 @@ def test_resume_may_extend_epochs_and_follow_moved_shards_but_nothing_else(shard
 
 
 def test_errors_and_warnings_reach_log_txt(shards, tmp_path, monkeypatch):
+    from fastmlic.config import RECIPE_CONFIGS
     from fastmlic.engine import NonFiniteLoss
     from fastmlic.recipes import RECIPES
     from fastmlic.recipes.standard import Standard
+    from fastmlic.recipes.standard_config import StandardConfig
 
     class Explodes(Standard):
         def training_step(self, net, batch, ctx):
@@ -252,6 +254,7 @@ def test_errors_and_warnings_reach_log_txt(shards, tmp_path, monkeypatch):
                 warnings.warn("a warning from a training step", stacklevel=1)
             return terms
 
+    monkeypatch.setitem(RECIPE_CONFIGS, "explodes", StandardConfig)
     monkeypatch.setitem(RECIPES, "explodes", Explodes)
     with pytest.raises(NonFiniteLoss, match="No checkpoint was written before it"):
         train.main(args(shards, tmp_path, "n", "torch", "--recipe.name=explodes"))
@@ -264,8 +267,10 @@ FAILING_RANK = """
 import sys
 from fastmlic import train
 from fastmlic.cli import exit_on_user_error
+from fastmlic.config import RECIPE_CONFIGS
 from fastmlic.recipes import RECIPES
 from fastmlic.recipes.standard import Standard
+from fastmlic.recipes.standard_config import StandardConfig
 
 
 class FailsOnRankOne(Standard):
@@ -275,6 +280,7 @@ class FailsOnRankOne(Standard):
         return super().training_step(net, batch, ctx)
 
 
+RECIPE_CONFIGS["fails_on_rank_one"] = StandardConfig
 RECIPES["fails_on_rank_one"] = FailsOnRankOne
 sys.exit(exit_on_user_error(lambda: train.main(sys.argv[1:])))
 """

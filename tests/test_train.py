@@ -18,10 +18,12 @@ from conftest import ROOT
 from fastmlic import evaluate, predict, train
 from fastmlic.checkpoint import Checkpoint
 from fastmlic.cli import exit_on_user_error
+from fastmlic.config import RECIPE_CONFIGS
 from fastmlic.data.dali_loader import dali_available
 from fastmlic.engine import NonFiniteLoss
 from fastmlic.recipes import RECIPES
 from fastmlic.recipes.standard import Standard
+from fastmlic.recipes.standard_config import StandardConfig
 from fastmlic.run import RunFolderError
 from fastmlic.shards.format import SplitInfo
 from fastmlic.shards.writer import ShardSample, read_labels, write_shard
@@ -184,6 +186,7 @@ def test_a_nan_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_check
                 terms["cls"].value = terms["cls"].value * float("nan")
             return terms
 
+    monkeypatch.setitem(RECIPE_CONFIGS, "explodes", StandardConfig)
     monkeypatch.setitem(RECIPES, "explodes", Explodes)
     with pytest.raises(NonFiniteLoss, match=r"at step 10.*optim.lr.*bf16"):
         run_train(shards, tmp_path, "n", "--recipe.name=explodes")

@@ -1,8 +1,11 @@
 """The recipe contract: how a training method plugs into the trainer without touching core files.
 
-A recipe declares, in its own file:
-- `Config`: its typed config dataclass (a `RecipeConfig`), selected by `recipe: {name: NAME, ...}`;
-- `check(cfg)`: cross-field checks at load time (e.g. the head must give per-label features);
+A recipe declares its keys in `<name>_config.py`: a `RecipeConfig` subclass registered in
+`RECIPE_CONFIGS` (fastmlic/config.py) and selected by `recipe: {name: NAME, ...}`; it imports no torch,
+so configs load and `--help` answers without it. Its training code, in `<name>.py`, is a `Recipe`
+registered in RECIPES under the same name, with:
+- `check(cfg)`: cross-field checks when a run's config loads (e.g. the head must give per-label
+  features); `--help` leaves them out;
 - `data_request(cfg)`: what it needs from the loaders: augmented views per image, a class subset;
 - `build_module(trained)`: the one trainable module. Everything that gets gradients runs in its single
   `forward`, so DDP, torch.compile, EMA and the optimiser see only it; `predict` gives the logits that
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint
-from ..config import Config, ConfigError, RecipeConfig
+from ..config import Config, ConfigError
 from ..data import Batch
 from ..losses import build_loss
 from ..models import HEADS, MLICModel, build_model
@@ -121,7 +124,6 @@ class RecipeModule(nn.Module):
 class Recipe:
     """Supervised multi-label training is `standard`; every other method overrides what it changes."""
 
-    Config: ClassVar[type[RecipeConfig]] = RecipeConfig
     head_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # what training_step reads from the head
     head_inputs: ClassVar[tuple[str, ...]] = ()  # what build_module gives the head's constructor
 

@@ -30,26 +30,13 @@ original decays every parameter); AMP is bf16 where the device has it (the origi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, RecipeConfig, option
+from ..config import ConfigError
 from ..models import HEADS, Features, build_model
 from .base import RECIPES, Recipe, RecipeModule, Term
-
-
-@dataclass
-class CoCoConfig(RecipeConfig):
-    name: str = option("coco", "training recipe (fastmlic/recipes); its keys are listed below")
-    weight: float = option(1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)")
-    temperature: float = option(1.0, "temperature tau of the contrastive term")
-    num_steps: int = option(1, "gated graph network iterations over the predicted co-occurrence graph")
-    encoder_layers: int = option(2, "transformer layers over the image tokens (the official --dec-layers)")
-    decoder_layers: int = option(1, "transformer layers over the label queries (the official --enc-layers)")
-    feedforward: int = option(2048, "transformer feed-forward width (nn.Transformer's default, as the code)")
-    dropout: float = option(0.1, "transformer dropout")
 
 
 def cooccurrence_contrastive_loss(
@@ -160,9 +147,6 @@ class CoCoModule(RecipeModule):
 
 @RECIPES.register("coco")
 class CoCo(Recipe):
-    """CoCo: ASL on the graph-refined logits + the contrastive co-occurrence term."""
-
-    Config = CoCoConfig
     head_outputs = CooccurrenceHead.outputs
 
     @classmethod

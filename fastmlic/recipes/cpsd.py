@@ -16,16 +16,14 @@ Classification with Complementary Parallel Self-Distillation", IJCAI 2022; offic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, RecipeConfig, option, parse_overrides
+from ..config import Config, ConfigError, parse_overrides
 from ..data import split_json
 
 # the partitions are the core's (`python -m fastmlic.partition`); public here as the recipe's first step
@@ -38,21 +36,6 @@ __all__ = ["MODES", "affinity", "distillation_loss", "import_published", "partit
            "read_partition", "scatter_teacher_logits", "write_partition"]  # fmt: skip
 
 
-@dataclass
-class CPSDConfig(RecipeConfig):
-    name: str = option("cpsd", "training recipe (fastmlic/recipes); its keys are listed below")
-    cgp_teachers: list[str] = option([], "checkpoints of the co-occurrence (CGP) part teachers, one per part")
-    dgp_teachers: list[str] = option([], "checkpoints of the dis-occurrence (DGP) part teachers, one a part")
-    alpha: float = option(0.5, "share of the distillation weight on the CGP teachers (0.5: equal)")
-    metric: Literal["mse", "kl"] = option("mse", "distillation distance on logits: mse (summed) or kl")
-    temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)")
-    parts: int = option(5, "pipeline: class parts K of each partition (K CGP and K DGP teachers)")
-    partition_seed: int = option(0, "pipeline: spectral clustering seed of the partitions")
-    cgp_partition: str = option("", "pipeline: use this partition file for CGP (empty: computed)")
-    dgp_partition: str = option("", "pipeline: use this partition file for DGP (empty: computed)")
-    teacher_overrides: list[str] = option(
-        [], "pipeline: --section.key=value changes of the teachers' runs from this config (e.g. their lr)"
-    )
 
 
 # the pipeline sets these in the teachers' configs itself
@@ -102,10 +85,6 @@ def distillation_loss(student_logits: torch.Tensor, cgp_logits: torch.Tensor, dg
 
 @RECIPES.register("cpsd")
 class CPSD(Recipe):
-    """The student: 0.5 x the classification loss + the distillation from both teacher groups."""
-
-    Config = CPSDConfig
-
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)

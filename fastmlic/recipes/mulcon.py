@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -42,28 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import Checkpoint, class_difference
-from ..config import Config, ConfigError, RecipeConfig, load_config, option
+from ..config import Config, ConfigError, load_config
 from ..distributed import gather_with_grad
 from ..kernels import supcon_loss
 from ..models import HEADS, Features
 from ..pipeline import Stage, stage_config
 from .base import RECIPES, DataRequest, Recipe, RecipeModule, Term
-
-
-@dataclass
-class MulConConfig(RecipeConfig):
-    name: str = option("mulcon", "training recipe (fastmlic/recipes); its keys are listed below")
-    stage: int = option(2, "1: classification only; 2: + the contrastive term on two views (from stage 1)")
-    weight: float = option(0.5, "stage 2: weight of the contrastive term (the classification term has 1)")
-    temperature: float = option(0.2, "stage 2: temperature of the contrastive term")
-    proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space")
-    init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
-    first_stage: str = option(
-        "",
-        "stage 2: the stage-1 preset or YAML that `python -m fastmlic.pipeline` trains first; its last.pt "
-        "then starts this run (train.py ignores it and reads train.init_from)",
-    )
-
 
 # --------------------------------------------------------------------------- both stages in one pipeline
 
@@ -248,9 +231,6 @@ class MulConModule(RecipeModule):
 
 @RECIPES.register("mulcon")
 class MulCon(Recipe):
-    """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
-
-    Config = MulConConfig
     head_outputs = ("logits", "label_features")
 
     @classmethod

@@ -50,20 +50,15 @@ then a random 512 crop with padding); BatchNorm is trained (Puzzle-CAM's `--mode
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, RecipeConfig, option
+from ..config import ConfigError
 from ..models import HEADS, Features, build_model
 from .base import RECIPES, Recipe, RecipeModule, Term
-
-Strategy = Literal["max", "cmax", "ctopk", "ctopk_w"]
-STRATEGIES = ("max", "cmax", "ctopk", "ctopk_w")
-
+from .oass_config import STRATEGIES, Strategy
 
 # --------------------------------------------------------------------------- Puzzle-CAM's tiles
 
@@ -260,21 +255,6 @@ class OASSModule(RecipeModule):
 # --------------------------------------------------------------------------- the recipe
 
 
-@dataclass
-class OASSConfig(RecipeConfig):
-    name: str = option("oass", "training recipe (fastmlic/recipes); its keys are listed below")
-    keypoint: str = option("cmax", f"key-point strategy on the teacher's CAMs: {' | '.join(STRATEGIES)}")
-    topk: int = option(3, "ctopk, ctopk_w: local maxima per class whose centre is the key point")
-    teacher_decay: float = option(0.999, "decay of the EMA teacher that gives key points, patches, instances")
-    patch_scale: float = option(0.5, "side of an object-centred patch as a fraction of the image side")
-    pieces: int = option(4, "Puzzle-CAM's tiles per image, a square number (4: 2 x 2)")
-    alpha_p: float = option(0.5, "weight of the merged tiles' classification term (Puzzle-CAM's pcl)")
-    alpha_re: float = option(3.0, "final weight of the reconstruction term (full CAMs vs merged tile CAMs)")
-    alpha_schedule_re: float = option(
-        0.05, "part of training over which the re weight rises from 0 (0: no ramp)"
-    )
-    alpha_ss: float = option(1.0, "weight of the object-aware patch consistency term (ours: no paper value)")
-    alpha_csi: float = option(1.0, "weight of the class-specific instance term (ours: no paper value)")
 
 
 def _unwrapped(net: nn.Module) -> nn.Module:
@@ -286,9 +266,6 @@ def _unwrapped(net: nn.Module) -> nn.Module:
 
 @RECIPES.register("oass")
 class OASS(Recipe):
-    """Puzzle-CAM's losses + object-aware patch consistency with an EMA teacher + class-specific instances."""
-
-    Config = OASSConfig
     head_outputs = ("logits", "cams")
 
     def __init__(self, cfg, classes):

@@ -23,34 +23,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, RecipeConfig, option
+from ..config import ConfigError
 from ..models import HEADS, Features, build_model
 from ..text_embeddings import BACKENDS, command_for, embeddings_path, read_label_embeddings
 from .base import RECIPES, Recipe, RecipeModule, Term
-
-
-@dataclass
-class SGREConfig(RecipeConfig):
-    name: str = option("sgre", "training recipe (fastmlic/recipes); its keys are listed below")
-    embeddings: str = option(
-        "minilm",
-        "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "
-        "tools/label_embeddings.py) or a .npy path",
-    )
-    weight: float = option(1.0, "weight of the ASL term on the label-attention logits (official lamda)")
-    temperature: float = option(1.0, "temperature of the label attention over pixels (official tau)")
-    position: bool = option(False, "sine positional encoding on the tokens' queries, keys (official --pos)")
-    layers: int = option(1, "transformer encoder layers over the tokens")
-    attention_dim: int = option(1024, "hidden width of the low-rank bilinear label attention")
-    feedforward: int = option(2048, "encoder feed-forward width")
-    dropout: float = option(0.1, "encoder dropout")
-    pre_norm: bool = option(False, "norm before attention and feed-forward (official --normalize-before)")
 
 
 def sine_positions(grid: tuple[int, int], dim: int, device=None) -> torch.Tensor:
@@ -171,9 +152,6 @@ class SemanticHead(nn.Module):
 
 @RECIPES.register("sgre")
 class SGRE(Recipe):
-    """SGRE: ASL on the reverse-attention logits + weight x ASL on the label-attention logits."""
-
-    Config = SGREConfig
     head_outputs = ("logits", "label_logits")
     head_inputs = ("embeddings",)
 

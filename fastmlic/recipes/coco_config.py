@@ -1,0 +1,23 @@
+"""CoCo's keys; the recipe is coco.py. Kept apart from the training code, which imports torch, so that
+configs load and `--help` answers without waiting for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RECIPE_CONFIGS, RecipeConfig, option
+
+
+@RECIPE_CONFIGS.register("coco")
+@dataclass
+class CoCoConfig(RecipeConfig):
+    """CoCo: ASL on the graph-refined logits + the contrastive co-occurrence term."""
+
+    name: str = option("coco", "training recipe (fastmlic/recipes); its keys are listed below")
+    weight: float = option(1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)")
+    temperature: float = option(1.0, "temperature tau of the contrastive term")
+    num_steps: int = option(1, "gated graph network iterations over the predicted co-occurrence graph")
+    encoder_layers: int = option(2, "transformer layers over the image tokens (the official --dec-layers)")
+    decoder_layers: int = option(1, "transformer layers over the label queries (the official --enc-layers)")
+    feedforward: int = option(2048, "transformer feed-forward width (nn.Transformer's default, as the code)")
+    dropout: float = option(0.1, "transformer dropout")

@@ -1,0 +1,26 @@
+"""MulCon's keys; the recipe is mulcon.py. Kept apart from the training code, which imports torch, so that
+configs load and `--help` answers without waiting for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RECIPE_CONFIGS, RecipeConfig, option
+
+
+@RECIPE_CONFIGS.register("mulcon")
+@dataclass
+class MulConConfig(RecipeConfig):
+    """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
+
+    name: str = option("mulcon", "training recipe (fastmlic/recipes); its keys are listed below")
+    stage: int = option(2, "1: classification only; 2: + the contrastive term on two views (from stage 1)")
+    weight: float = option(0.5, "stage 2: weight of the contrastive term (the classification term has 1)")
+    temperature: float = option(0.2, "stage 2: temperature of the contrastive term")
+    proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space")
+    init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
+    first_stage: str = option(
+        "",
+        "stage 2: the stage-1 preset or YAML that `python -m fastmlic.pipeline` trains first; its last.pt "
+        "then starts this run (train.py ignores it and reads train.init_from)",
+    )

@@ -1,0 +1,29 @@
+"""SGRE's keys; the recipe is sgre.py. Kept apart from the training code, which imports torch, so that
+configs load and `--help` answers without waiting for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RECIPE_CONFIGS, RecipeConfig, option
+
+
+@RECIPE_CONFIGS.register("sgre")
+@dataclass
+class SGREConfig(RecipeConfig):
+    """SGRE: ASL on the reverse-attention logits + weight x ASL on the label-attention logits."""
+
+    name: str = option("sgre", "training recipe (fastmlic/recipes); its keys are listed below")
+    embeddings: str = option(
+        "minilm",
+        "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "
+        "tools/label_embeddings.py) or a .npy path",
+    )
+    weight: float = option(1.0, "weight of the ASL term on the label-attention logits (official lamda)")
+    temperature: float = option(1.0, "temperature of the label attention over pixels (official tau)")
+    position: bool = option(False, "sine positional encoding on the tokens' queries, keys (official --pos)")
+    layers: int = option(1, "transformer encoder layers over the tokens")
+    attention_dim: int = option(1024, "hidden width of the low-rank bilinear label attention")
+    feedforward: int = option(2048, "encoder feed-forward width")
+    dropout: float = option(0.1, "encoder dropout")
+    pre_norm: bool = option(False, "norm before attention and feed-forward (official --normalize-before)")

@@ -1,0 +1,16 @@
+"""`standard`'s keys: none beyond `recipe.name`. Kept apart from the training code,
+which imports torch, so that configs load and `--help` answers without waiting for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RECIPE_CONFIGS, RecipeConfig, option
+
+
+@RECIPE_CONFIGS.register("standard")
+@dataclass
+class StandardConfig(RecipeConfig):
+    """Supervised training: the configured loss (ASL or BCE) on the logits. No keys of its own."""
+
+    name: str = option("standard", "training recipe (fastmlic/recipes); its keys are listed below")
