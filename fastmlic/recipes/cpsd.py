@@ -36,8 +36,6 @@ __all__ = ["MODES", "affinity", "distillation_loss", "import_published", "partit
            "read_partition", "scatter_teacher_logits", "write_partition"]  # fmt: skip
 
 
-
-
 # the pipeline sets these in the teachers' configs itself
 PIPELINE_KEYS = ("data.classes", "train.out_dir", "train.name")
 

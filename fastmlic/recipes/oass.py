@@ -255,8 +255,6 @@ class OASSModule(RecipeModule):
 # --------------------------------------------------------------------------- the recipe
 
 
-
-
 def _unwrapped(net: nn.Module) -> nn.Module:
     """The module inside DDP and torch.compile wrappers."""
     while isinstance(net, nn.parallel.DistributedDataParallel) or hasattr(net, "_orig_mod"):
