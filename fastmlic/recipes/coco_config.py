@@ -1,5 +1,4 @@
-"""CoCo's keys; the recipe is coco.py. Kept apart from the training code, which imports torch, so that
-configs load and `--help` answers without waiting for it."""
+"""CoCo's keys; the recipe is coco.py. No torch here (why: fastmlic/recipes/__init__.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""CPSD's keys; the recipe and its pipeline are cpsd.py. Kept apart from the training code,
-which imports torch, so that configs load and `--help` answers without waiting for it."""
+"""CPSD's keys; the recipe and its pipeline are cpsd.py. No torch here (why: fastmlic/recipes/__init__.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""MulCon's keys; the recipe is mulcon.py. Kept apart from the training code, which imports torch, so that
-configs load and `--help` answers without waiting for it."""
+"""MulCon's keys; the recipe is mulcon.py. No torch here (why: fastmlic/recipes/__init__.py)."""
 
 from __future__ import annotations
 

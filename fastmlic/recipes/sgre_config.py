@@ -1,5 +1,4 @@
-"""SGRE's keys; the recipe is sgre.py. Kept apart from the training code, which imports torch, so that
-configs load and `--help` answers without waiting for it."""
+"""SGRE's keys; the recipe is sgre.py. No torch here (why: fastmlic/recipes/__init__.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`standard`'s keys: none beyond `recipe.name`. Kept apart from the training code,
-which imports torch, so that configs load and `--help` answers without waiting for it."""
+"""`standard`'s keys: none beyond `recipe.name`. No torch here (why: fastmlic/recipes/__init__.py)."""
 
 from __future__ import annotations
 
