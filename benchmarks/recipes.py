@@ -5,6 +5,7 @@ peak memory and wall time per row, from the trainer itself (`fastmlic/train.py`)
     python benchmarks/recipes.py                                 # digits shards in ./shards, 3 epochs
     python benchmarks/recipes.py --epochs 5 --rows standard/linear,mulcon-stage1 --data.shards=DIR
     python benchmarks/recipes.py --quick                         # tiny digits set, one epoch (CI smoke)
+    python benchmarks/recipes.py --dry-run                       # check every row's config, train nothing
 
 A row is a config (a digits preset) with overrides; `standard/label_attention` separates a head's
 effect from a recipe's (`standard/cam` for OASS's head), `coco/no-contrastive` and
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny generated digits set, one epoch, 32 px, 2 jobs")
     p.add_argument("--jobs", type=int, help="rows trained at once (default 1: each row's speed and memory "
                    "are its own; --quick runs 2, whose figures are not for reading)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="load every row's config (overrides, head and "
+                   "recipe checked as its run checks them), print its command, train nothing")  # fmt: skip
     args, overrides = p.parse_known_args()
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
@@ -125,10 +128,7 @@ def main() -> None:
     if args.quick:
         epochs = 1
         budget = ["--data.image_size=32", "--data.batch_size=32", "--data.workers=0", "--model.embed_dim=64",
-                  f"--data.shards={tiny_digits(work / 'shards')}"]  # fmt: skip
-    given = [a.split("=", 1)[1] for a in budget + overrides if a.startswith("--data.shards=")]
-    for backend in sorted({EMBEDDINGS[r] for r in rows if r in EMBEDDINGS}):
-        write_embeddings(Path(given[-1] if given else "shards"), backend)
+                  f"--data.shards={work / 'shards'}"]  # fmt: skip
     commands, chains = {}, {}  # a row that continues another runs after it, in its chain
     for name in rows:
         config, row_args, continues = ROWS[name]
@@ -140,6 +140,20 @@ def main() -> None:
             start_from = [f"--train.epochs={epochs}"]
         commands[name] = ["--cfg", config, *SAME_FOR_ALL, *budget, *row_args, *start_from, *overrides]
         chains.setdefault(continues or name, []).append(name)
+    if args.dry_run:
+        for name in rows:
+            try:
+                final_run(commands[name][1], commands[name][2:])  # loads the config as the row's run would
+            except ValueError as e:  # ConfigError among them
+                p.error(f"row {name}: {e}")
+            print(f"{name}: {' '.join(commands[name])}")
+        print(f"{len(rows)} rows checked, none trained")
+        return
+    if args.quick:
+        tiny_digits(work / "shards")
+    given = [a.split("=", 1)[1] for a in budget + overrides if a.startswith("--data.shards=")]
+    for backend in sorted({EMBEDDINGS[r] for r in rows if r in EMBEDDINGS}):
+        write_embeddings(Path(given[-1] if given else "shards"), backend)
     with ThreadPoolExecutor(args.jobs or (2 if args.quick else 1)) as pool:
         done = pool.map(lambda chain: {n: run_row(work, n, commands[n]) for n in chain}, chains.values())
         by_name = {k: v for chain in done for k, v in chain.items()}

@@ -326,12 +326,24 @@ def _register_into(registry, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_recipes_benchmark_runs_every_row_in_quick_mode():
+def test_the_recipes_benchmark_checks_every_row_and_trains_one_of_each_kind_in_quick_mode():
+    """Every row's config loads as its run would load it (--dry-run). One row of each kind trains: from
+    random init (MulCon's stage one), continuing another row's run (stage two), reading class-name
+    embeddings, and a pipeline (CPSD, the longest, listed first so it runs beside the others). Each
+    recipe's own training is tested in its own file."""
     command = [sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--quick"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    checked = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, env=env)
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert [line.split(":")[0] for line in checked.stdout.splitlines()[:-1]] == [
+        "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2", "coco",
+        "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd", "standard/cam", "oass",
+        "oass/puzzle-cam"]  # fmt: skip
+    typo = subprocess.run([*command, "--dry-run", "--rows", "oass", "--recipe.alpha_sss=1"],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert typo.returncode == 2 and "row oass: unknown config key 'recipe.alpha_sss'" in typo.stderr
+    kinds = "cpsd,mulcon-stage1,mulcon-stage2,sgre/random-embeddings"
+    result = subprocess.run([*command, "--rows", kinds], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows == ["row", "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2",
-                    "coco", "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd", "standard/cam",
-                    "oass", "oass/puzzle-cam"]  # fmt: skip
+    assert rows == ["row", *kinds.split(",")]
