@@ -48,8 +48,8 @@ def shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory):
-    """Enough images and steps (about 200) for the model to learn visibly."""
-    return rawdata.digits_shards(tmp_path_factory.mktemp("learnable"), 2048, 256, 48)
+    """Enough images and steps (about 100) for the model to learn visibly."""
+    return rawdata.digits_shards(tmp_path_factory.mktemp("learnable"), 1024, 256, 48)
 
 
 def run_train(shards, out, name, *extra):
@@ -73,16 +73,18 @@ def epochs(run_dir):
 
 
 def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path, capsys):
-    summary = run_train(learnable, tmp_path, "a", "--data.image_size=48", "--train.epochs=3")
+    # resnet10t: half resnet18's step time here, and it learns this set faster (mAP 0.77 against 0.43)
+    summary = run_train(learnable, tmp_path, "a", "--data.image_size=48", "--train.epochs=3",
+                        "--model.backbone=resnet10t")  # fmt: skip
     run = tmp_path / "a"
     for name in ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
     rows = epochs(run)
     assert len(rows) == 3
-    assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
     val = json.loads((learnable / "digits" / "val.json").read_text())
     chance = sum(val["positives"]) / len(val["positives"]) / val["num_samples"]  # AP of a random ranking
-    assert summary["best"]["mAP"] > chance + 0.1, (summary["best"], chance)
+    assert summary["best"]["mAP"] > chance + 0.3, (summary["best"], chance)
     best = torch.load(run / "best.pt", weights_only=False)
     assert best["source"] in ("raw", "ema") and best["metrics"]["mAP"] == summary["best"]["mAP"]
 
