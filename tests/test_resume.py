@@ -30,7 +30,7 @@ ARGS = [
     "--cfg", "digits",
     "--data.image_size=32", "--data.batch_size=32", "--data.workers=0",
     "--data.randaugment_n=1", "--data.cutout=0.25",  # random draws of the loader that must be replayed
-    "--model.backbone=resnet18", "--train.epochs=3", "--train.log_every=1", "--optim.lr=2e-3",
+    "--model.backbone=resnet10t", "--train.epochs=3", "--train.log_every=1", "--optim.lr=2e-3",
 ]  # fmt: skip
 BACKENDS = [
     "torch",
