@@ -196,10 +196,46 @@ def gives(head: str, recipe: str) -> bool:
     return all(n in RECIPES[recipe].head_inputs for n in getattr(HEADS[head], "needs", ()))
 
 
+def trains(head: str, recipe: str) -> bool:
+    """The pair trains alone under torchrun: the head fits the recipe, and the recipe is no student of
+    teacher runs (CPSD's: tests/test_cpsd.py)."""
+    return fits(head, recipe) and gives(head, recipe) and recipe != "cpsd"
+
+
+def pair_args(shards, out, head: str, recipe: str) -> list[str]:
+    args = [*base_args(shards, out), f"--model.head={head}", f"--recipe.name={recipe}",
+            f"--train.name={head}-{recipe}"]  # fmt: skip
+    if "embeddings" in RECIPES[recipe].head_inputs:  # class-name embeddings beside the shards
+        args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
+    if recipe == "oass":  # its 2 x 2 tiles and half-side patches need at least one stride-32 cell each
+        args += ["--data.image_size=64"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(shards, tmp_path_factory):
+    """Every pair that trains, one after another in one torchrun of two Gloo processes
+    (tests/train_several.py): the run folders, and torchrun's result for a failure's message."""
+    out = tmp_path_factory.mktemp("pairs")
+    pairs = [(h, r) for h in HEADS for r in RECIPES if trains(h, r)]
+    if any("embeddings" in RECIPES[r].head_inputs for _, r in pairs):
+        tool = [sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits", "--shards"]
+        subprocess.run([*tool, str(shards), "--backend", "random"], check=True, capture_output=True)
+    (out / "runs.json").write_text(json.dumps([pair_args(shards, out, h, r) for h, r in pairs]))
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29541", str(ROOT / "tests" / "train_several.py"),
+         str(out / "runs.json")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    )  # fmt: skip
+    return out, result
+
+
 @pytest.mark.dist
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("head", list(HEADS))
-def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards, tmp_path, head, recipe):
+def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards, tmp_path, head, recipe,
+                                                                         request):  # fmt: skip
     args = [*base_args(shards, tmp_path), f"--model.head={head}", f"--recipe.name={recipe}", "--train.name=r"]
     if not fits(head, recipe):
         with pytest.raises(ConfigError, match=f"model.head={head} does not give"):
@@ -213,24 +249,16 @@ def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards
         with pytest.raises(ConfigError, match="recipe.cgp_teachers and recipe.dgp_teachers are empty"):
             build_recipe(load_config("digits", args[2:]), ["0", "1"]).teacher_paths()
         return
-    if "embeddings" in RECIPES[recipe].head_inputs:  # class-name embeddings beside the shards
-        tool = [sys.executable, str(ROOT / "tools" / "label_embeddings.py"), "--data", "digits", "--shards"]
-        subprocess.run([*tool, str(shards), "--backend", "random"], check=True, capture_output=True)
-        args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
-    if recipe == "oass":  # its 2 x 2 tiles and half-side patches need at least one stride-32 cell each
-        args += ["--data.image_size=64"]
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29541", str(ROOT / "fastmlic" / "train.py"), *args],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    out, result = request.getfixturevalue("two_gloo_processes")  # only pairs that train start torchrun
+    metrics = out / f"{head}-{recipe}" / "metrics.jsonl"
+    assert metrics.is_file(), f"{head}-{recipe} did not start; torchrun said: {result.stderr[-3000:]}"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "train"]
-    assert len(steps) == 2 * 64 // 16  # every step of both epochs, global batch 16
+    assert len(steps) == 2 * 64 // 16, result.stderr[-3000:]  # every step of both epochs, global batch 16
     assert all(r["loss"] == r["loss"] for r in steps)  # finite, and logged every step
     if recipe == "mulcon":
         assert all("loss_contrastive" in r and "loss_cls" in r for r in steps)
+    assert result.returncode == 0, result.stderr[-3000:]  # a later pair, or the end of the group
 
 
 # --------------------------------------------------------------------------- frozen teachers
