@@ -16,9 +16,10 @@ import os  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from fastmlic.cli import exit_on_user_error  # noqa: E402
-from fastmlic.config import add_help, load_config, print_help_if_asked  # noqa: E402
+from fastmlic.config import Config, add_help, load_config, print_help_if_asked  # noqa: E402
 
 if TYPE_CHECKING:
+    from fastmlic.distributed import Dist
     from fastmlic.run import RunDir
 
 
@@ -45,18 +46,27 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, resume = parse_args(argv)
     # torch and everything built on it, after the arguments: `--help` answers without them
     from fastmlic.distributed import cleanup, init_distributed
-    from fastmlic.trainer import Trainer
 
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
+    summary = train_run(cfg, dist, resume)
+    cleanup(synchronize=True)
+    return summary
+
+
+def train_run(cfg: Config, dist: Dist, resume: Path | None = None) -> dict:
+    """One run in an initialised process group (or one process): build, fit, summary, and free it all
+    before the caller leaves the group or trains the next run."""
+    from fastmlic.trainer import Trainer
+
     trainer = Trainer(cfg, dist, resume)
     summary = trainer.fit()
     print_summary(trainer.run, summary, dist)
     trainer.run.close()
     # DDP keeps the process group and its last Gloo work (holding tensors) alive; freed by the garbage
-    # collector at interpreter exit they can abort the process, so they go now, before the groups
+    # collector at interpreter exit, or in the next run's collectives, they can abort the process, so
+    # they go now
     del trainer
     gc.collect()
-    cleanup(synchronize=True)
     return summary
 
 

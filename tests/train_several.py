@@ -9,14 +9,13 @@ run, which is most of a tiny run's time on a 2-core machine. The first run that 
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from pathlib import Path
 
 from fastmlic.config import load_config
 from fastmlic.distributed import cleanup, init_distributed
-from fastmlic.trainer import Trainer
+from fastmlic.train import train_run
 
 
 def main() -> None:
@@ -26,11 +25,7 @@ def main() -> None:
         assert args[0] == "--cfg", args
         cfg = load_config(args[1], args[2:])
         dist = dist or init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
-        trainer = Trainer(cfg, dist)
-        trainer.fit()
-        trainer.run.close()
-        del trainer  # as train.py does: DDP's last Gloo work goes before the next run's (or the groups)
-        gc.collect()
+        train_run(cfg, dist)
     cleanup(synchronize=True)
 
 
