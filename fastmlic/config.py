@@ -175,13 +175,19 @@ class EmaConfig:
     warmup: bool = option(False, "timm ModelEmaV3 warm-up: decay = 1 - (1 + step)^-2/3, capped at decay")
 
 
+def recipe_name(default: str) -> Any:
+    """The `name` field of a recipe's config: every recipe's own config redeclares it with its name as
+    the default, so the class alone says which recipe it is."""
+    return option(default, "training recipe (fastmlic/recipes); its keys are listed below")
+
+
 @dataclass
 class RecipeConfig:
     """What every recipe's config has; a recipe subclasses it with its own keys and default name, and
     registers it in RECIPE_CONFIGS under the name its training code has in RECIPES. Its docstring's
     first line is the recipe's summary in `--help`."""
 
-    name: str = option("standard", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("standard")
 
 
 # recipe name -> its config class. Apart from RECIPES (fastmlic/recipes/base.py) because the configs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
 
 @RECIPE_CONFIGS.register("coco")
@@ -12,7 +12,7 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option
 class CoCoConfig(RecipeConfig):
     """CoCo: ASL on the graph-refined logits + the contrastive co-occurrence term."""
 
-    name: str = option("coco", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("coco")
     weight: float = option(1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)")
     temperature: float = option(1.0, "temperature tau of the contrastive term")
     num_steps: int = option(1, "gated graph network iterations over the predicted co-occurrence graph")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
 
 @RECIPE_CONFIGS.register("cpsd")
@@ -13,7 +13,7 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option
 class CPSDConfig(RecipeConfig):
     """CPSD's student: 0.5 x the classification loss + the distillation from both teacher groups."""
 
-    name: str = option("cpsd", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("cpsd")
     cgp_teachers: list[str] = option([], "checkpoints of the co-occurrence (CGP) part teachers, one per part")
     dgp_teachers: list[str] = option([], "checkpoints of the dis-occurrence (DGP) part teachers, one a part")
     alpha: float = option(0.5, "share of the distillation weight on the CGP teachers (0.5: equal)")

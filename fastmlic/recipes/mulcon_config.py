@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
 
 @RECIPE_CONFIGS.register("mulcon")
@@ -12,7 +12,7 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option
 class MulConConfig(RecipeConfig):
     """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
 
-    name: str = option("mulcon", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("mulcon")
     stage: int = option(2, "1: classification only; 2: + the contrastive term on two views (from stage 1)")
     weight: float = option(0.5, "stage 2: weight of the contrastive term (the classification term has 1)")
     temperature: float = option(0.2, "stage 2: temperature of the contrastive term")

@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
 Strategy = Literal["max", "cmax", "ctopk", "ctopk_w"]  # where the key point of a class's CAM is
 STRATEGIES = typing.get_args(Strategy)
@@ -17,7 +17,7 @@ STRATEGIES = typing.get_args(Strategy)
 class OASSConfig(RecipeConfig):
     """OASS: Puzzle-CAM's losses + object-aware patch consistency (EMA teacher) + class-specific instances."""
 
-    name: str = option("oass", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("oass")
     keypoint: str = option("cmax", f"key-point strategy on the teacher's CAMs: {' | '.join(STRATEGIES)}")
     topk: int = option(3, "ctopk, ctopk_w: local maxima per class whose centre is the key point")
     teacher_decay: float = option(0.999, "decay of the EMA teacher that gives key points, patches, instances")

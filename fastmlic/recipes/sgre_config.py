@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
 
 @RECIPE_CONFIGS.register("sgre")
@@ -12,7 +12,7 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option
 class SGREConfig(RecipeConfig):
     """SGRE: ASL on the reverse-attention logits + weight x ASL on the label-attention logits."""
 
-    name: str = option("sgre", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("sgre")
     embeddings: str = option(
         "minilm",
         "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "

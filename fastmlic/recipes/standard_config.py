@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RECIPE_CONFIGS, RecipeConfig, option
+from ..config import RECIPE_CONFIGS, RecipeConfig, recipe_name
 
 
 @RECIPE_CONFIGS.register("standard")
@@ -12,4 +12,4 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option
 class StandardConfig(RecipeConfig):
     """Supervised training: the configured loss (ASL or BCE) on the logits. No keys of its own."""
 
-    name: str = option("standard", "training recipe (fastmlic/recipes); its keys are listed below")
+    name: str = recipe_name("standard")
