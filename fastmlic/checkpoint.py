@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InputError, MissingInput
+
 FORMAT = "fastmlic-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: no mid-epoch position, one torch RNG state in `rng`
@@ -73,15 +75,15 @@ class Checkpoint:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingInput(f"checkpoint {path} does not exist")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which
-        raise ValueError(f"{path}: not a readable fastmlic checkpoint ({e})") from None
+        raise InputError(f"{path}: not a readable fastmlic checkpoint ({e})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fastmlic checkpoint (no '{FORMAT}' format marker)")
+        raise InputError(f"{path}: not a fastmlic checkpoint (no '{FORMAT}' format marker)")
     if raw.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
+        raise InputError(
             f"{path}: checkpoint format version {raw.get('version')}, this fastmlic reads version "
             f"{FORMAT_VERSION}"
         )
@@ -124,11 +126,11 @@ def load_weights(
     Returns notes on what was not loaded (for the log); errors name `what` and the difference."""
     difference = class_difference(ours, theirs)
     if strict and difference:
-        raise ValueError(f"{what}: {len(theirs)} classes, the shards have {len(ours)}; {difference}")
+        raise InputError(f"{what}: {len(theirs)} classes, the shards have {len(ours)}; {difference}")
     row_of = {c: i for i, c in enumerate(theirs)}
     common = [c for c in ours if c in row_of]
     if not common:
-        raise ValueError(f"{what}: {len(theirs)} classes, the shards have {len(ours)}; none in common")
+        raise InputError(f"{what}: {len(theirs)} classes, the shards have {len(ours)}; none in common")
     if strict:
         module.load_state_dict(state)
         return []
@@ -150,7 +152,7 @@ def load_weights(
         else:
             mismatched.append(f"{name} {tuple(value.shape)} vs {tuple(own[name].shape)}")
     if mismatched:
-        raise ValueError(f"{what}: weights of another shape: {'; '.join(mismatched[:5])}")
+        raise InputError(f"{what}: weights of another shape: {'; '.join(mismatched[:5])}")
     missing = [n for n in own if n not in state]
     unexpected = [n for n in state if n not in own]
     module.load_state_dict(merged, strict=False)

@@ -1,6 +1,8 @@
 """The one way every command ends on bad input: `error: <what and where>` and exit status 2,
-without a traceback (the message already names the file, key or step). Under torchrun the message
-names the rank. A preempted training run exits with PREEMPTED (fastmlic/preemption.py)."""
+without a traceback (the message already names the file, key or step). Bad input is a `UserError`
+(fastmlic/errors.py) and nothing else: an exception of any other type, ours or a library's, is a bug
+and keeps its traceback. Under torchrun the message names the rank. A preempted training run exits
+with PREEMPTED (fastmlic/preemption.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from .errors import UserError
 from .preemption import PREEMPTED, Preempted
-
-
-class UserError(RuntimeError):
-    """Input that a command cannot use (data, run folder, diverged loss...); the modules that raise it
-    subclass it (DataError, RunFolderError, NonFiniteLoss), so this module imports none of them, nor
-    the torch that they import: `--help` and a bad option answer at once."""
-
-
-class MissingPackage(UserError):
-    """An optional package a command needs is not installed; the message says what to install."""
-
-
-# ConfigError and the errors of file readers are ValueErrors
-USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def probability(text: str) -> float:
@@ -50,7 +39,7 @@ def exit_on_user_error(main: Callable[[], object]) -> int:
     except Preempted:
         _cleanup()
         return PREEMPTED  # the trainer has printed where it saved and how to continue
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error{where}: {e}", file=sys.stderr)
         _cleanup()
         return 2

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import InputError
 from .registry import Registry, UnknownName
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -42,7 +43,7 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key or value that cannot be accepted; the message says which and why."""
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -35,7 +37,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 10.0) -> Dis
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+        raise InputError("train.device=cuda but no CUDA device is visible")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cli import UserError
 from .distributed import all_gather_objects, all_reduce_sum
+from .errors import UserError
 from .metrics import multilabel_metrics
 from .recipes.base import Recipe, StepContext, Term
 

@@ -12,6 +12,7 @@ import sys
 import time
 
 from .cli import exit_on_user_error, probability
+from .errors import MissingInput
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
                               world_size=dist.world_size, device=dist.device,
                               classes=model.classes)  # fmt: skip
     except FileNotFoundError as e:  # e.g. a mistyped --split: the message lists the splits there
-        raise FileNotFoundError(f"--split {split}: {e}") from None
+        raise MissingInput(f"--split {split}: {e}") from None
     start = time.perf_counter()
     local = collect_predictions(model.module, loader, device=dist.device, amp=model.amp,
                                 progress=dist.is_main)  # fmt: skip

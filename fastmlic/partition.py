@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .shards.format import SplitInfo, split_json_path
 
 MODES = ("cgp", "dgp")
@@ -53,7 +54,7 @@ def partition_classes(cooccurrence: np.ndarray, positives: np.ndarray, parts: in
 
     num_classes = len(positives)
     if not 1 <= parts <= num_classes:
-        raise ValueError(f"--parts {parts}: must be between 1 and the number of classes ({num_classes})")
+        raise InputError(f"--parts {parts}: must be between 1 and the number of classes ({num_classes})")
     if parts == 1:
         return [list(range(num_classes))]
     clustering = SpectralClustering(n_clusters=parts, affinity="precomputed", n_init=20, random_state=seed)
@@ -78,13 +79,13 @@ def read_partition(path: Path, classes: list[str]) -> list[list[str]]:
     try:
         parts = [p["classes"] for p in json.loads(Path(path).read_text())["parts"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"partition {path}: not a readable partition file ({type(e).__name__}: {e})") \
+        raise InputError(f"partition {path}: not a readable partition file ({type(e).__name__}: {e})") \
             from None
     seen = [c for p in parts for c in p]
     missing, unknown = [c for c in classes if c not in seen], [c for c in seen if c not in classes]
     twice = sorted({c for c in seen if seen.count(c) > 1})
     if missing or unknown or twice:
-        raise ValueError(f"partition {path}: does not split these classes exactly once (missing "
+        raise InputError(f"partition {path}: does not split these classes exactly once (missing "
                          f"{missing[:5]}, unknown {unknown[:5]}, repeated {twice[:5]})")  # fmt: skip
     return parts
 
@@ -101,7 +102,7 @@ def import_published(path: Path, file_classes: list[str], classes: list[str]) ->
         names = [file_classes[int(k)] for k in local]
         unknown = [n for n in names if n not in column]
         if unknown:
-            raise ValueError(f"{path}: classes {unknown[:5]} are not in the shards' classes")
+            raise InputError(f"{path}: classes {unknown[:5]} are not in the shards' classes")
         groups.append(sorted(column[n] for n in names))
     return sorted(groups, key=lambda g: g[0])
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     info = SplitInfo.load(split_json_path(args.shards / args.data, args.split))
     modes = list(MODES) if args.mode == "both" else [args.mode]
     if args.published and len(modes) != 1:
-        raise ValueError("--published imports one file: give --mode cgp or --mode dgp with it")
+        raise InputError("--published imports one file: give --mode cgp or --mode dgp with it")
     written = []
     for mode in modes:
         if args.published:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError, add_help, describe, load_config, print_help_if_asked
+from .errors import InputError
 
 
 @dataclass
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline
         missing = [n for n in stage.needs if stage_status(by_name[n]) != "done"]
         if missing:
             first = " ".join(f"--stage {n}" for n in missing)
-            raise ValueError(f"stage {stage.name} needs {', '.join(missing)} first: run {prog} --cfg "
+            raise InputError(f"stage {stage.name} needs {', '.join(missing)} first: run {prog} --cfg "
                              f"{args.cfg} {first} (or leave out --stage)")  # fmt: skip
         if dist.is_main:
             what = "resuming" if status == "interrupted" else "running"

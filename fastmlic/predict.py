@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import exit_on_user_error, positive_int, probability
+from .errors import InputError
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     failed = [r["image"] for r in results if "error" in r]
     if failed:  # after printing what did work: a script must still see that something did not
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise ValueError(f"{len(failed)} of {len(results)} inputs could not be read ({shown})")
+        raise InputError(f"{len(failed)} of {len(results)} inputs could not be read ({shown})")
     return results
 
 

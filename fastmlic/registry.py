@@ -7,6 +7,8 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .errors import InputError
+
 T = TypeVar("T")
 
 
@@ -38,5 +40,5 @@ class Registry(dict, Generic[T]):
         return self[name]
 
 
-class UnknownName(ValueError):
+class UnknownName(InputError):
     """A name that no registry entry has; the message names the key and the closest entry."""

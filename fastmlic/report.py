@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cli import MissingPackage, exit_on_user_error
+from .cli import exit_on_user_error
+from .errors import InputError, MissingInput, MissingPackage
 from .shards.format import SplitInfo
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def _plt():
 def read_log(run: Path) -> tuple[list[dict], list[dict]]:
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics log (is {run} a fastmlic run folder?)")
+        raise MissingInput(f"{path}: no metrics log (is {run} a fastmlic run folder?)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "epoch"]
 
@@ -280,9 +281,9 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
     out = Path(out or run / "report")
     steps, epochs = read_log(run)
     if not epochs:
-        raise ValueError(f"{run}: no finished epoch in metrics.jsonl yet")
+        raise InputError(f"{run}: no finished epoch in metrics.jsonl yet")
     if not (run / "best.pt").is_file():
-        raise FileNotFoundError(f"{run / 'best.pt'}: not there (is {run} a finished fastmlic run?)")
+        raise MissingInput(f"{run / 'best.pt'}: not there (is {run} a finished fastmlic run?)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .cli import UserError
+from .errors import InputError, MissingInput, UserError
 
 # keys that may differ on --resume: they change how the job runs, not what it computes
 OPERATIONAL_KEYS = {
@@ -109,7 +109,7 @@ class RunDir:
         """Stops with the differing keys when the command line asks for another run than RUN holds.
         Returns the keys whose change the trainer must still check (CHECKED_KEYS), as 'section.key'."""
         if not resumable(self.path):
-            raise FileNotFoundError(f"--resume {self.path}: no checkpoint there (nothing to resume)")
+            raise MissingInput(f"--resume {self.path}: no checkpoint there (nothing to resume)")
         saved = yaml.safe_load((self.path / "config.yaml").read_text())
         changed = {f"{s}.{k}": (saved.get(s, {}).get(k), v) for s, section in config.items()
                    for k, v in section.items() if saved.get(s, {}).get(k) != v}  # fmt: skip
@@ -118,7 +118,7 @@ class RunDir:
                    if key not in OPERATIONAL_KEYS and key not in CHECKED_KEYS]  # fmt: skip
         if refused:
             may = sorted(OPERATIONAL_KEYS) + [f"{k} ({why})" for k, why in CHECKED_KEYS.items()]
-            raise ValueError(f"--resume {self.path}: the config differs from the run's config.yaml:\n  "
+            raise InputError(f"--resume {self.path}: the config differs from the run's config.yaml:\n  "
                              + "\n  ".join(refused)
                              + "\nkeys that may change on resume: " + ", ".join(may))  # fmt: skip
         self._open()
@@ -259,7 +259,7 @@ class RunDir:
             for failure in failures:
                 self.log(f"warning: skipped an unreadable checkpoint: {failure}")
             return ckpt, path
-        raise ValueError(f"--resume {self.path}: no readable checkpoint:\n  " + "\n  ".join(failures))
+        raise InputError(f"--resume {self.path}: no readable checkpoint:\n  " + "\n  ".join(failures))
 
     # ------------------------------------------------------------------ small files
 

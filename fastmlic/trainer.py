@@ -37,6 +37,7 @@ from .engine import (
     resolve_amp,
     train_one_epoch,
 )
+from .errors import InputError
 from .optim import build_optimizer, build_scheduler
 from .preemption import Preempted, StopSignals
 from .recipes import RECIPES, DataRequest, Recipe, RecipeModule, StepContext
@@ -60,7 +61,7 @@ def build_loaders(cfg: Config, dist: Dist, request: DataRequest):
     val = build_loader(split_json(cfg.data, cfg.data.val_split), cfg.data, train=False, **where)
     difference = class_difference(train.info.classes, val.info.classes)
     if difference:
-        raise ValueError(f"split {cfg.data.val_split!r} has other classes than {cfg.data.train_split!r}: "
+        raise InputError(f"split {cfg.data.val_split!r} has other classes than {cfg.data.train_split!r}: "
                          f"{difference}")  # fmt: skip
     return train, val
 
@@ -239,7 +240,7 @@ class Trainer:
         for name, ref in ckpt.teachers.items():
             now = self.teacher_refs.get(name, {}).get("sha256")
             if now != ref["sha256"]:
-                raise ValueError(f"{where}: teacher {name!r} ({ref['path']}) is not the file the run started "
+                raise InputError(f"{where}: teacher {name!r} ({ref['path']}) is not the file the run started "
                                  f"with (sha256 {ref['sha256'][:12]}, now {str(now)[:12]})")  # fmt: skip
         self._check_changes(ckpt, changed)
         p.optimizer.load_state_dict(ckpt.optimizer)
@@ -260,7 +261,7 @@ class Trainer:
             set_rng_states(ckpt.ranks[rank]["rng"])
             self.train_loader.load_state_dict(ckpt.ranks[rank]["loader"])
         elif self.state.batches:
-            raise ValueError(f"{where}: {path.name} was saved mid-epoch by {len(ckpt.ranks)} processes; "
+            raise InputError(f"{where}: {path.name} was saved mid-epoch by {len(ckpt.ranks)} processes; "
                              f"resume it with as many (now {self.dist.world_size})")  # fmt: skip
         else:  # a version-1 file, or another world size at an epoch's end: the epoch order is seeded
             torch.set_rng_state(ckpt.rng if ckpt.rng is not None else ckpt.ranks[0]["rng"]["torch"])
@@ -282,14 +283,14 @@ class Trainer:
         old_epochs = ckpt.config["train"]["epochs"]
         if "train.epochs" in changed:
             if cfg.train.epochs < old_epochs:
-                raise ValueError(f"{where}: train.epochs={cfg.train.epochs} is shorter than the run's "
+                raise InputError(f"{where}: train.epochs={cfg.train.epochs} is shorter than the run's "
                                  f"{old_epochs}; a resumed run may only get longer")  # fmt: skip
             self.run.log(f"train.epochs: {old_epochs} -> {cfg.train.epochs}; the learning-rate schedule "
                          f"is that of the new length from step {ckpt.state.step} on")  # fmt: skip
         if "data.shards" in changed:
             now = self._split_sizes()
             if ckpt.data and ckpt.data != now:
-                raise ValueError(f"{where}: data.shards={cfg.data.shards} holds other splits than the run's "
+                raise InputError(f"{where}: data.shards={cfg.data.shards} holds other splits than the run's "
                                  f"({now} samples, the run had {ckpt.data})")  # fmt: skip
             sizes = " and split sizes" if ckpt.data else "; this checkpoint records no split sizes"
             self.run.log(f"data.shards: {ckpt.config['data']['shards']} -> {cfg.data.shards} (same classes"

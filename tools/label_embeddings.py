@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastmlic.cli import exit_on_user_error
+from fastmlic.errors import InputError, MissingInput
 from fastmlic.shards.format import SplitInfo
 from fastmlic.text_embeddings import (
     BACKENDS,
@@ -55,12 +56,12 @@ def split_classes(dataset_dir: Path) -> list[str]:
     splits = sorted(p for p in dataset_dir.glob("*.json") if not p.name.startswith(not_splits))
     if not splits:
         command = f"python tools/make_shards.py --data {dataset_dir.name} --out {dataset_dir.parent}"
-        raise FileNotFoundError(f"{dataset_dir}: no split .json files; write the shards first with {command}")
+        raise MissingInput(f"{dataset_dir}: no split .json files; write the shards first with {command}")
     classes = {p.name: SplitInfo.load(p).classes for p in splits}
     first = splits[0].name
     for name, names in classes.items():
         if names != classes[first]:
-            raise ValueError(f"{dataset_dir}: {name} and {first} list different classes")
+            raise InputError(f"{dataset_dir}: {name} and {first} list different classes")
     return classes[first]
 
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
         vectors, model = embed_bert(texts, args.bert, bar)
     elif args.backend == "glove":
         if args.glove is None or not args.glove.is_file():
-            raise FileNotFoundError(f"--backend glove needs --glove FILE; {args.glove} is not a file")
+            raise MissingInput(f"--backend glove needs --glove FILE; {args.glove} is not a file")
         vectors, model = embed_glove(texts, args.glove, bar)
     else:
         vectors, model = embed_random(texts, args.dim, args.seed)

@@ -24,7 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastmlic import __version__
-from fastmlic.datasets import DATASETS, AnnotationError, SplitListing, get_reader
+from fastmlic.datasets import DATASETS, SplitListing, get_reader
+from fastmlic.errors import MissingInput, UserError
 from fastmlic.shards.build import ImageOptions, SplitReport, build_split
 from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
@@ -128,7 +129,7 @@ def drop_missing_images(listings: dict[str, SplitListing], skip: bool) -> None:
         return
     first = [str(s.image) for m in missing.values() for s in m][:10]
     if not skip:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{total} images are missing:\n  "
             + "\n  ".join(first)
             + (f"\n  ... and {total - len(first)} more" if total > len(first) else "")
@@ -198,7 +199,7 @@ def verify_shards(shard_dir: Path, fix: bool) -> int:
         return 1
     try:
         rewritten = repair(shard_dir, bad)
-    except (OSError, ValueError) as e:  # an unwritable disk; a key another tool wrote that ours refuses
+    except (OSError, UserError) as e:  # an unwritable disk; a key another tool wrote that ours refuses
         print(f"error: repairing {shard_dir}: {e}", file=sys.stderr)
         return 1
     dropped = len({(b.shard, b.key) for b in bad if b.key != "*"})
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         listings = list_splits(args)
         drop_missing_images(listings, args.skip_missing)
-    except (AnnotationError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # a bad annotation; a --root without the dataset's files
         print(f"error: {e}", file=sys.stderr)
         return 2
     reader = get_reader(args.data)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         progress=bar.update,
                     )
                 )
-            except ValueError as e:
+            except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
     print(summary(reports, out_dir, time.perf_counter() - started))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import UserError
+from ..errors import InputError
 
 IMAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -138,5 +138,5 @@ class LoaderBase:
                      ignore=ignore.bool() if ignore is not None else None)  # fmt: skip
 
 
-class DataError(UserError):
+class DataError(InputError):
     """The input cannot be read; the message names the shard and sample and what to run."""

@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
 
 
-class BadSample(ValueError):
+class BadSample(InputError):
     """A sample that cannot be read: the message names the member and what is wrong with it."""
 
 
@@ -29,14 +30,14 @@ def read_index(idx_path: Path, expected: int) -> list[tuple[str, dict[str, tuple
     lines = Path(idx_path).read_text().splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != "v1.2":
-        raise ValueError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
+        raise InputError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
     if int(head[1]) != expected or len(lines) - 1 != expected:
-        raise ValueError(f"{idx_path}: lists {len(lines) - 1} samples, the split description says {expected}")
+        raise InputError(f"{idx_path}: lists {len(lines) - 1} samples, the split description says {expected}")
     out = []
     for n, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields or len(fields) % 4:
-            raise ValueError(f"{idx_path}:{n}: expected groups of 'ext offset size name'")
+            raise InputError(f"{idx_path}:{n}: expected groups of 'ext offset size name'")
         members, key = {}, None
         for i in range(0, len(fields), 4):
             ext, offset, size, name = fields[i : i + 4]
@@ -58,7 +59,7 @@ class ShardIndex:
             for key, members in read_index(idx, entry.num_samples):
                 missing = [e for e in required if e not in members]
                 if missing:
-                    raise ValueError(f"{idx}: sample {key} has no .{missing[0]} member")
+                    raise InputError(f"{idx}: sample {key} has no .{missing[0]} member")
                 self.refs.append(SampleRef(shard, key, members))
         self._fds: dict[int, int] = {}
 

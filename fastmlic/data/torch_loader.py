@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
-from .batch import LoaderBase, normalize_uint8
+from .batch import DataError, LoaderBase, normalize_uint8
 from .index import BadSample, ShardIndex
 
 MAX_REDRAWS = 16  # training replaces an unreadable sample by another; this many in a row is an error
@@ -148,7 +148,7 @@ class ShardDataset(Dataset):
                 # training keeps the batch full (equal step counts on every rank) with another image
                 i = (i + 7919 * (attempt + 1)) % len(self.index)
         else:
-            raise RuntimeError(
+            raise DataError(
                 f"{MAX_REDRAWS} unreadable samples in a row ({skipped[-1][0]}: {skipped[-1][2]}); "
                 f"check the shards with: python tools/make_shards.py --verify {Path(skipped[-1][0]).parent}"
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from ..errors import InputError
 from ..registry import Registry
 
 
@@ -34,7 +35,7 @@ class SplitListing:
     conventions: str = ""  # one line for SPLIT.json: how labels were derived
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """A missing or malformed annotation file; the message names the file."""
 
 

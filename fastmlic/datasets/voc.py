@@ -15,6 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from ..errors import InputError
 from . import AnnotationError, Sample, SplitListing, require_file
 
 CLASSES = [
@@ -80,7 +81,7 @@ def list_ids(voc: Path, ids: list[str], ids_file: Path, difficult: str, drop_emp
              ) -> SplitListing:  # fmt: skip
     """The listing of `ids` (read from `ids_file`, named in errors) under the devkit folder `voc`."""
     if difficult not in DIFFICULT:
-        raise ValueError(f"difficult={difficult!r}: use one of {', '.join(DIFFICULT)}")
+        raise InputError(f"difficult={difficult!r}: use one of {', '.join(DIFFICULT)}")
     conventions = {
         "ignore": "positive if one instance is not difficult; difficult-only classes are written as ignore",
         "positive": "every object counts as positive, difficult or not (Puzzle-CAM)",

@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import ConfigError
+from ..errors import MissingInput
+
 
 @dataclass
 class Features:
@@ -39,7 +42,7 @@ class Backbone(nn.Module):
         if pretrained_path:
             path = Path(pretrained_path).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"model.pretrained_path: {path} does not exist")
+                raise MissingInput(f"model.pretrained_path: {path} does not exist")
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         elif pretrained:
             kwargs["pretrained"] = True
@@ -53,11 +56,11 @@ class Backbone(nn.Module):
                 raise
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             similar = ", ".join(close)
-            raise ValueError(f"model.backbone={name!r} is not a timm model; similar: {similar}") from None
+            raise ConfigError(f"model.backbone={name!r} is not a timm model; similar: {similar}") from None
         except TypeError as e:
             if not output_stride or "output_stride" not in str(e):
                 raise
-            raise ValueError(f"model.output_stride={output_stride}: timm's {name} cannot change its stride "
+            raise ConfigError(f"model.output_stride={output_stride}: timm's {name} cannot change its stride "
                              "(ResNets, ResNeXts, EfficientNets and most CNNs can); use 0") from None
         self.num_features = self.model.num_features
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 0)

@@ -103,7 +103,7 @@ class CooccurrenceHead(nn.Module):
         super().__init__()
         width = embed_dim or num_features
         if width % heads:
-            raise ValueError(f"cooccurrence head: width {width} (model.embed_dim, or the backbone's when 0) "
+            raise ConfigError(f"cooccurrence head: width {width} (model.embed_dim, or the backbone's when 0) "
                              f"is not divisible by model.heads={heads}")  # fmt: skip
         self.embed_dim = width
         self.input = nn.Identity() if width == num_features else nn.Linear(num_features, width)

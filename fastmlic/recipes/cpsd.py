@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import Config, ConfigError, parse_overrides
 from ..data import split_json
+from ..errors import InputError
 
 # the partitions are the core's (`python -m fastmlic.partition`); public here as the recipe's first step
 from ..partition import MODES, affinity, import_published, partition_classes, read_partition, write_partition
@@ -52,7 +53,7 @@ def scatter_teacher_logits(logits: list[torch.Tensor], teacher_classes: list[lis
     keep = [j for j, c in enumerate(flat) if c in column]
     index = [column[flat[j]] for j in keep]
     if sorted(index) != list(range(len(classes))):
-        raise ValueError(f"the teachers do not cover each student class once: missing "
+        raise InputError(f"the teachers do not cover each student class once: missing "
                          f"{[c for c in classes if c not in flat][:5]}")  # fmt: skip
     stacked = torch.cat([lg.float() for lg in logits], dim=1)
     target = torch.empty(stacked.shape[0], len(classes), device=stacked.device)
@@ -173,7 +174,7 @@ def write_partitions(cfg: Config, files: dict[str, Path]) -> None:
                                        r.partition_seed)  # fmt: skip
             how = {"seed": r.partition_seed}
         if len(groups) != r.parts:
-            raise ValueError(f"{given[mode] or 'the spectral clustering'}: {len(groups)} {mode} parts, "
+            raise InputError(f"{given[mode] or 'the spectral clustering'}: {len(groups)} {mode} parts, "
                              f"recipe.parts={r.parts}")  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         write_partition(path, info.classes, sorted(groups, key=lambda g: g[0]), mode=mode, k=r.parts,

@@ -43,6 +43,7 @@ from torch import nn
 from ..checkpoint import Checkpoint, class_difference
 from ..config import Config, ConfigError, load_config
 from ..distributed import gather_with_grad
+from ..errors import InputError
 from ..kernels import supcon_loss
 from ..models import HEADS, Features
 from ..pipeline import Stage, stage_config
@@ -137,7 +138,7 @@ class MAB(nn.Module):
     def __init__(self, dim_q: int, dim_k: int, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"mulcon head: width {dim} is not divisible by model.heads={heads}")
+            raise ConfigError(f"mulcon head: width {dim} is not divisible by model.heads={heads}")
         self.dim, self.heads = dim, heads
         self.fc_q, self.fc_k, self.fc_v = nn.Linear(dim_q, dim), nn.Linear(dim_k, dim), nn.Linear(dim_k, dim)
         self.ln0, self.ln1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -265,11 +266,11 @@ class MulCon(Recipe):
         if self.cfg.recipe.stage == 2:  # stage two continues stage one: the same classes, in order
             difference = class_difference(self.classes, ckpt.classes)
             if difference:
-                raise ValueError(f"{what}: stage two needs stage one's classes; {difference}")
+                raise InputError(f"{what}: stage two needs stage one's classes; {difference}")
         if not self.cfg.recipe.init_ema:
             return ckpt.model
         if ckpt.ema is None:
-            raise ValueError(f"{what}: recipe.init_ema asks for EMA weights, which this checkpoint does "
+            raise InputError(f"{what}: recipe.init_ema asks for EMA weights, which this checkpoint does "
                              "not hold (use stage one's last.pt, trained with ema.enabled)")
         return {k.removeprefix("module."): v for k, v in ckpt.ema.items()}  # ModelEmaV3 keeps .module
 

@@ -353,13 +353,13 @@ class OASS(Recipe):
             if "input size" not in str(e):  # the backbone's own message for an input below its stride
                 raise
             h = batch.images.shape[-2]
-            raise ValueError(f"data.image_size={h}: the {h // math.isqrt(r.pieces)} px tiles (recipe.pieces="
+            raise ConfigError(f"data.image_size={h}: the {h // math.isqrt(r.pieces)} px tiles (recipe.pieces="
                              f"{r.pieces}) or {round(r.patch_scale * h)} px patches (recipe.patch_scale="
                              f"{r.patch_scale}) are too small for {self.cfg.model.backbone}: {e}") from None
         cams, merged = out["cams"], out["merged_cams"]
         if merged.shape != cams.shape:
             side = math.isqrt(r.pieces)
-            raise ValueError(f"recipe.pieces={r.pieces}: the full image's CAMs are {tuple(cams.shape[-2:])} "
+            raise ConfigError(f"recipe.pieces={r.pieces}: the full image's CAMs are {tuple(cams.shape[-2:])} "
                              f"cells, the merged tiles' {tuple(merged.shape[-2:])}; use a data.image_size "
                              f"that is a multiple of {side} x the backbone's stride")  # fmt: skip
         mask = batch.targets[:, :, None, None]

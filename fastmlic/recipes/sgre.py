@@ -116,10 +116,10 @@ class SemanticHead(nn.Module):
                  pre_norm: bool = False, **_):  # fmt: skip
         super().__init__()
         if embeddings is None or embeddings.shape[0] != num_classes:
-            raise ValueError("semantic head: needs a class-name embedding per class (from recipe.name=sgre)")
+            raise ConfigError("semantic head: needs a class-name embedding per class (from recipe.name=sgre)")
         d = num_features
         if d % heads:
-            raise ValueError(f"semantic head: backbone width {d} is not divisible by model.heads={heads}")
+            raise ConfigError(f"semantic head: backbone width {d} is not divisible by model.heads={heads}")
         self.temperature, self.position = temperature, position
         self.register_buffer("embeddings", embeddings.float().clone())
         self.encoder = nn.ModuleList(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import Sample, SplitListing
+from ..errors import InputError
 from .format import (
     IGNORE_EXT,
     IMAGE_EXT,
@@ -91,7 +92,7 @@ def _check_plan(out_dir: Path, split: str, plan: dict, overwrite: bool) -> Path:
         old = json.loads(split_json_path(out_dir, split).read_text()).get("plan")
     if old is not None and old != plan and not overwrite:
         changed = sorted(k for k in plan if old.get(k) != plan[k])
-        raise ValueError(
+        raise InputError(
             f"{out_dir}: shards of split '{split}' were written with other settings ({', '.join(changed)} "
             f"differ); pass --overwrite to rewrite them or choose another --out"
         )
@@ -169,14 +170,14 @@ def build_split(
     out_dir = Path(out_dir)
     if not listing.samples:  # an empty split would only fail later, inside a loader
         dropped = ", ".join(f"{n} {why}" for why, n in listing.dropped.items()) or "none listed"
-        raise ValueError(f"split '{split}' of {dataset} has no samples to write (dropped: {dropped})")
+        raise InputError(f"split '{split}' of {dataset} has no samples to write (dropped: {dropped})")
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [s.key for s in listing.samples]
     for key in keys:
         check_key(key)
     duplicates = [k for k, n in Counter(keys).items() if n > 1]
     if duplicates:
-        raise ValueError(f"split '{split}' has {len(duplicates)} duplicate keys (first: {duplicates[:3]})")
+        raise InputError(f"split '{split}' has {len(duplicates)} duplicate keys (first: {duplicates[:3]})")
 
     order = list(range(len(listing.samples)))
     if shuffle_seed is not None:  # shuffle once at write time so readers can stream shards in order
@@ -251,7 +252,7 @@ def build_split(
     elif report_path.exists():
         report_path.unlink()
     if not any(e.num_samples for e in entries):
-        raise ValueError(f"split '{split}' of {dataset}: no image could be written ({dropped}); "
+        raise InputError(f"split '{split}' of {dataset}: no image could be written ({dropped}); "
                          f"see {report_path}")  # fmt: skip
     info = SplitInfo(
         dataset=dataset,

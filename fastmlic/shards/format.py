@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, MissingInput
+
 FORMAT = "fastmlic-shards/1"
 IMAGE_EXT, LABEL_EXT, IGNORE_EXT = "jpg", "lbl", "ign"
 DALI_INDEX_VERSION = "v1.2"
@@ -34,7 +36,7 @@ def make_key(text: str) -> str:
 
 def check_key(key: str) -> None:
     if not _KEY_OK.match(key):
-        raise ValueError(f"shard key {key!r} may only contain letters, digits, '_' and '-'")
+        raise InputError(f"shard key {key!r} may only contain letters, digits, '_' and '-'")
 
 
 def encode_multi_hot(ids: tuple[int, ...] | list[int], num_classes: int) -> bytes:
@@ -46,7 +48,7 @@ def encode_multi_hot(ids: tuple[int, ...] | list[int], num_classes: int) -> byte
 def decode_multi_hot(data: bytes, num_classes: int, where: str = "") -> np.ndarray:
     row = np.frombuffer(data, dtype=np.uint8)
     if row.size != num_classes or row.max(initial=0) > 1:
-        raise ValueError(f"{where}: expected {num_classes} bytes of 0/1, got {row.size} bytes")
+        raise InputError(f"{where}: expected {num_classes} bytes of 0/1, got {row.size} bytes")
     return row
 
 
@@ -123,7 +125,7 @@ class SplitInfo:
 
             hints = [f"{c!r}" + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(
                      c, self.classes, n=1, cutoff=0.5)) for c in unknown[:5]]  # fmt: skip
-            raise ValueError(f"{where}: class subset names {len(unknown)} classes the split does not have: "
+            raise InputError(f"{where}: class subset names {len(unknown)} classes the split does not have: "
                              + ", ".join(hints))  # fmt: skip
         cols = [column[c] for c in classes]
         mean_labels = sum(self.positives[c] for c in cols) / max(self.num_samples, 1)
@@ -152,20 +154,20 @@ class SplitInfo:
         if not path.is_file():
             if path.parent.is_dir():  # a mistyped split name: say which there are
                 there = ", ".join(split_names(path.parent)) or "none"
-                raise FileNotFoundError(f"no {path.name} in {path.parent}; splits there: {there}")
-            raise FileNotFoundError(f"{path}: split description not found (run tools/make_shards.py first)")
+                raise MissingInput(f"no {path.name} in {path.parent}; splits there: {there}")
+            raise MissingInput(f"{path}: split description not found (run tools/make_shards.py first)")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise InputError(f"{path}: not valid JSON: {e}") from None
         if raw.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
         raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]
         info = cls(**raw)
         for entry in info.shards:
             for name in (entry.tar, entry.index):
                 if not (path.parent / name).is_file():
-                    raise FileNotFoundError(f"{path.parent / name}: listed in {path} but missing")
+                    raise MissingInput(f"{path.parent / name}: listed in {path} but missing")
         return info
 
 

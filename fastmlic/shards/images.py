@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError
+
 EXIF_ORIENTATION = 0x0112
 
 
-class BadImage(ValueError):
+class BadImage(InputError):
     """An image that cannot be decoded; the message says what is wrong with it."""
 
 
