@@ -35,7 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: E402
-from fastmlic.text_embeddings import embeddings_path  # noqa: E402
+from fastmlic.recipes.sgre_embeddings import embeddings_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {  # name -> (config, overrides, the row whose run this one continues)
@@ -78,7 +78,7 @@ def final_run(config: str, args: list[str]) -> Path | None:
     """The last run folder of a preset whose recipe has several stages, relative to its pipeline folder;
     None for a recipe of one run (trained by fastmlic/train.py)."""
     from fastmlic.config import load_config
-    from fastmlic.recipes import RECIPES
+    from fastmlic.recipes.base import RECIPES
 
     cfg = load_config(config, args)
     stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, Path())

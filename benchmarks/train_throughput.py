@@ -28,7 +28,7 @@ from benchmarks.common import environment, markdown_table, write_jsonl  # noqa: 
 from fastmlic.config import load_config  # noqa: E402
 from fastmlic.distributed import init_distributed  # noqa: E402
 from fastmlic.engine import train_one_epoch  # noqa: E402
-from fastmlic.recipes import StepContext  # noqa: E402
+from fastmlic.recipes.base import StepContext  # noqa: E402
 from fastmlic.trainer import Trainer  # noqa: E402
 
 

@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args, overrides = p.parse_known_args(argv)
     # torch and everything built on it, after the arguments: `--help` answers without them
+    from .builder import load_for_inference
     from .data import build_loader, split_json
     from .distributed import cleanup, init_distributed
     from .engine import collect_predictions, gather_predictions
     from .metrics import multilabel_metrics
-    from .trainer import load_for_inference
 
     dist = init_distributed("auto")
     model = load_for_inference(args.ckpt, overrides, dist.device)

@@ -18,38 +18,19 @@ The summary lists each run's best mAP on its own classes beside the final run's 
 from __future__ import annotations
 
 import argparse
-import gc
+import inspect
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Config, ConfigError, add_help, describe, load_config, print_help_if_asked
+from .config import RECIPE_CONFIGS, ConfigError, add_help, describe, load_config, print_help_if_asked
 from .errors import InputError
 
-
-@dataclass
-class Stage:
-    """One step of a pipeline: a training run (`config` gives its config, built when the stage starts, so
-    it may read what earlier stages wrote) or a step that writes `outputs` (`make`). `folder` is the run's
-    folder, or the folder the step writes into."""
-
-    name: str
-    folder: Path
-    needs: tuple[str, ...] = ()
-    config: Callable[[], Config] | None = None
-    make: Callable[[], object] | None = None
-    outputs: tuple[Path, ...] = ()
-
-
-def stage_config(mapping: dict, folder: Path, overrides: list[str] | None = None, source: str = "") -> Config:
-    """A run config (a resolved config as a mapping, plus `overrides`) placed in run folder `folder`."""
-    mapping = {**mapping, "train": {**mapping["train"], "out_dir": str(folder.parent), "name": folder.name}}
-    return load_config(mapping, overrides, source=source)
-
+if TYPE_CHECKING:  # the recipes' code imports torch, which `--help` does not wait for
+    from .recipes.base import Stage
 
 # --------------------------------------------------------------------------- state on disk
 
@@ -122,34 +103,24 @@ def run_stage(stage: Stage, dist) -> dict | None:
     """Run one stage here; a training run resumes from its newest checkpoint when it has one."""
     from .distributed import barrier
     from .run import resumable
-    from .train import print_summary
-    from .trainer import Trainer
+    from .train import train_run
 
     if stage.make is not None:
         if dist.is_main:
             stage.make()
         barrier(dist.world_size)
         return None
-    cfg = stage.config()
-    resume = stage.folder if resumable(stage.folder) else None
-    trainer = Trainer(cfg, dist, resume)
-    summary = trainer.fit()
-    print_summary(trainer.run, summary, dist)
-    trainer.run.close()
+    summary = train_run(stage.config(), dist, stage.folder if resumable(stage.folder) else None)
     barrier(dist.world_size)  # rank 0 has written summary.json before any rank checks the next stage's needs
-    del trainer
-    gc.collect()  # the next stage's model, loaders and optimiser need the memory
-    if dist.device.type == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
     return summary
 
 
-def parse_args(argv: list[str] | None, prog: str, doc: str):
-    p = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
-    )
+PROG = "python -m fastmlic.pipeline"
+
+
+def parse_args(argv: list[str] | None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, add_help=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--cfg", help="preset name (fastmlic/configs) or YAML path (required)")
     p.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
     p.add_argument("--status", action="store_true", help="list the stages and their state, run nothing")
@@ -162,18 +133,23 @@ def parse_args(argv: list[str] | None, prog: str, doc: str):
             p.print_help()
             raise SystemExit(0)
         p.error("--cfg is required")
-    if args.help:  # the recipe's checks import its training code (torch): left to the run
-        print_help_if_asked(p, args, load_config(args.cfg, overrides, recipe_checks=False), args.cfg)
+    if args.help:
+        cfg = load_config(args.cfg, overrides)
+        how = inspect.getdoc(RECIPE_CONFIGS.lookup(cfg.recipe.name)).partition("\n")[2].strip()
+        if how:  # the recipe's own word on its stages (its config's docstring: no torch to import)
+            p.description += f"\nRecipe {cfg.recipe.name} ({args.cfg}):\n{how}\n"
+        print_help_if_asked(p, args, cfg, args.cfg)
     return args, overrides
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline", doc: str = __doc__
-         ) -> dict:  # fmt: skip
-    args, overrides = parse_args(argv, prog, doc)
-    from .distributed import cleanup, init_distributed  # torch: after `--help`
-    from .recipes import RECIPES
+def main(argv: list[str] | None = None) -> dict:
+    args, overrides = parse_args(argv)
+    from .builder import check_recipe  # torch: after `--help`
+    from .distributed import cleanup, init_distributed
+    from .recipes.base import RECIPES
 
     cfg = load_config(args.cfg, overrides)
+    check_recipe(cfg)  # the preset's; each stage's run checks its own config when it is built
     root = Path(cfg.train.out_dir) / (cfg.train.name or Path(args.cfg).stem)
     stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, root)
     by_name = {s.name: s for s in stages}
@@ -196,7 +172,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fastmlic.pipeline
         missing = [n for n in stage.needs if stage_status(by_name[n]) != "done"]
         if missing:
             first = " ".join(f"--stage {n}" for n in missing)
-            raise InputError(f"stage {stage.name} needs {', '.join(missing)} first: run {prog} --cfg "
+            raise InputError(f"stage {stage.name} needs {', '.join(missing)} first: run {PROG} --cfg "
                              f"{args.cfg} {first} (or leave out --stage)")  # fmt: skip
         if dist.is_main:
             what = "resuming" if status == "interrupted" else "running"

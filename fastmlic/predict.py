@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # torch and everything built on it, after the arguments: `--help` answers without them
     import torch
 
+    from .builder import load_for_inference
     from .data.batch import normalize_uint8
     from .engine import autocast
-    from .trainer import load_for_inference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(args.ckpt, [], device)

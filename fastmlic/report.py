@@ -300,11 +300,11 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
     # torch and everything built on it, here: `--help` and the checks before inference answer without them
     import torch
 
+    from .builder import load_for_inference
     from .data import build_loader, split_json
     from .data.index import ShardIndex
     from .engine import collect_predictions
     from .metrics import multilabel_metrics
-    from .trainer import load_for_inference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(run / "best.pt", [], device)

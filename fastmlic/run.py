@@ -1,5 +1,6 @@
 """A run folder: the resolved config, a JSON-lines metrics log, a text log and checkpoints, written
-by rank 0 only and atomically (a crash or a full disk never leaves a half-written file behind).
+by rank 0 only and atomically (a crash or a full disk never leaves a half-written file behind). Which
+checkpoints are written, kept and resumed from is fastmlic/checkpointer.py's.
 
     RUN/config.yaml           the resolved config (what --resume checks the command line against)
     RUN/metrics.jsonl         one JSON object per logged step and per epoch; rewound on resume
@@ -25,17 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .errors import InputError, MissingInput, UserError
+from .errors import UserError
 
-# keys that may differ on --resume: they change how the job runs, not what it computes
-OPERATIONAL_KEYS = {
-    "data.workers", "train.stop_after", "train.log_every", "train.tensorboard", "train.name",
-    "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.keep_checkpoints",
-    "train.dist_timeout_minutes",
-}  # fmt: skip
-# keys that may differ on --resume under a condition the trainer checks once the data is open
-CHECKED_KEYS = {"train.epochs": "larger than the run's", "data.shards": "the same splits (classes, sizes)"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json", "checkpoints")
 
 
@@ -61,10 +53,10 @@ def _write_atomically(path: Path, data: bytes | memoryview) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise RunFolderError(_describe_os_error(path, e)) from None
+        raise RunFolderError(describe_os_error(path, e)) from None
 
 
-def _describe_os_error(path: Path, e: OSError) -> str:
+def describe_os_error(path: Path, e: OSError) -> str:
     cause = e.strerror or str(e)
     if e.errno == errno.ENOSPC:
         free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0
@@ -105,28 +97,13 @@ class RunDir:
             self.write_config(config)
         self._open()
 
-    def check_resume(self, config: dict) -> list[str]:
-        """Stops with the differing keys when the command line asks for another run than RUN holds.
-        Returns the keys whose change the trainer must still check (CHECKED_KEYS), as 'section.key'."""
-        if not resumable(self.path):
-            raise MissingInput(f"--resume {self.path}: no checkpoint there (nothing to resume)")
-        saved = yaml.safe_load((self.path / "config.yaml").read_text())
-        changed = {f"{s}.{k}": (saved.get(s, {}).get(k), v) for s, section in config.items()
-                   for k, v in section.items() if saved.get(s, {}).get(k) != v}  # fmt: skip
-        refused = [f"{key}: run has {old!r}, command line gives {new!r}"
-                   for key, (old, new) in changed.items()
-                   if key not in OPERATIONAL_KEYS and key not in CHECKED_KEYS]  # fmt: skip
-        if refused:
-            may = sorted(OPERATIONAL_KEYS) + [f"{k} ({why})" for k, why in CHECKED_KEYS.items()]
-            raise InputError(f"--resume {self.path}: the config differs from the run's config.yaml:\n  "
-                             + "\n  ".join(refused)
-                             + "\nkeys that may change on resume: " + ", ".join(may))  # fmt: skip
-        self._open()
-        return [key for key in changed if key in CHECKED_KEYS]
-
     def write_config(self, config: dict) -> None:
         if self.is_main:
             _write_atomically(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+
+    def reopen(self) -> None:
+        """An existing run continues (`--resume`): the log appends to its log.txt."""
+        self._open()
 
     def _open(self) -> None:
         self._ready = True
@@ -196,7 +173,7 @@ class RunDir:
 
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ files
 
     def save(self, name: str, state: dict) -> Path:
         """torch.save into the run folder, atomically. The state is serialised in memory first, so a
@@ -208,58 +185,6 @@ class RunDir:
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomically(path, buffer.getbuffer())
         return path
-
-    def save_training_state(self, state: dict, step: int, end_of_epoch: bool, keep: int) -> Path:
-        """checkpoints/step-N.pt, then the oldest beyond the newest `keep` are deleted; at the end of an
-        epoch last.pt becomes that file too (a hard link: no second copy on disk)."""
-        path = self.save(f"checkpoints/step-{step:08d}.pt", state)
-        if not self.is_main:
-            return path
-        if end_of_epoch:
-            link = self.path / ".last.pt.link"
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    link.unlink()
-                try:
-                    os.link(path, link)
-                except OSError:  # a filesystem without hard links: a copy
-                    shutil.copyfile(path, link)
-                os.replace(link, self.path / "last.pt")
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    link.unlink()
-                raise RunFolderError(_describe_os_error(self.path / "last.pt", e)) from None
-        for old in self.training_states()[keep:]:
-            with contextlib.suppress(OSError):
-                old.unlink()
-        return path
-
-    def training_states(self) -> list[Path]:
-        """The step checkpoints, newest first."""
-        return sorted((self.path / "checkpoints").glob("step-*.pt"), reverse=True)
-
-    def load_training_state(self) -> tuple[Checkpoint, Path]:
-        """The newest training state that reads; each one that does not is reported by name and the
-        next older one is tried (last.pt last: it is also one of the step files unless rotated out)."""
-        for leftover in [*self.path.glob(".*.tmp*"), *(self.path / "checkpoints").glob(".*.tmp*")]:
-            leftover.unlink()  # a save the interrupted process did not finish
-            self.log(f"removed {leftover.name}: an unfinished save of the interrupted attempt")
-        failures = []
-        for path in [*self.training_states(), self.path / "last.pt"]:
-            if not path.is_file():
-                continue
-            try:
-                ckpt = load_checkpoint(path)
-            except ValueError as e:
-                failures.append(str(e))
-                continue
-            if ckpt.kind != "last":
-                failures.append(f"{path}: a {ckpt.kind} checkpoint, not a training state")
-                continue
-            for failure in failures:
-                self.log(f"warning: skipped an unreadable checkpoint: {failure}")
-            return ckpt, path
-        raise InputError(f"--resume {self.path}: no readable checkpoint:\n  " + "\n  ".join(failures))
 
     # ------------------------------------------------------------------ small files
 
@@ -279,7 +204,7 @@ class RunDir:
             with open(path, "a") as f:
                 f.write(line + "\n")
         except OSError as e:
-            raise RunFolderError(_describe_os_error(path, e)) from None
+            raise RunFolderError(describe_os_error(path, e)) from None
 
 
 def _before(row: dict, step: int, epochs: int) -> bool:

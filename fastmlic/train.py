@@ -21,7 +21,6 @@ from fastmlic.errors import MissingInput  # noqa: E402
 
 if TYPE_CHECKING:
     from fastmlic.distributed import Dist
-    from fastmlic.run import RunDir
 
 
 def parse_args(argv: list[str] | None):
@@ -36,9 +35,9 @@ def parse_args(argv: list[str] | None):
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise MissingInput(f"--resume {args.resume}: no config.yaml there")
-        cfg = load_config(args.cfg or saved, overrides, recipe_checks=not args.help)
+        cfg = load_config(args.cfg or saved, overrides)
     else:
-        cfg = load_config(args.cfg or "digits", overrides, recipe_checks=not args.help)
+        cfg = load_config(args.cfg or "digits", overrides)
     print_help_if_asked(p, args, cfg, args.cfg or (saved if args.resume else "digits"))
     return cfg, args.resume
 
@@ -61,42 +60,18 @@ def train_run(cfg: Config, dist: Dist, resume: Path | None = None) -> dict:
 
     trainer = Trainer(cfg, dist, resume)
     summary = trainer.fit()
-    print_summary(trainer.run, summary, dist)
+    trainer.print_summary(summary)
     trainer.run.close()
     # DDP keeps the process group and its last Gloo work (holding tensors) alive; freed by the garbage
     # collector at interpreter exit, or in the next run's collectives, they can abort the process, so
     # they go now
     del trainer
     gc.collect()
+    if dist.device.type == "cuda":  # the next run (a pipeline's next stage) needs the memory
+        import torch
+
+        torch.cuda.empty_cache()
     return summary
-
-
-def print_summary(run: RunDir, s: dict, dist) -> None:
-    from fastmlic.trainer import memory_kind
-
-    best = s["best"]
-    lines = [
-        "=" * 64,
-        f"best mAP {best['mAP']:.4f} ({best['source'] or '-'} weights, epoch {best['epoch'] or '-'});  "
-        f"raw {s['best_raw_mAP']:.4f}  EMA {s['best_ema_mAP']:.4f}",
-    ]
-    if s["images_per_s"] is not None:
-        lines.append(
-            f"last epoch: {s['images_per_s']:.0f} images/s in total, "
-            f"{s['images_per_s'] / dist.world_size:.0f} per device x {dist.world_size}; "
-            f"data wait {s['data_wait']:.0%} of step time"
-        )
-    lines.append(f"peak {memory_kind(dist.device)}: {s['peak_memory_mb']:.0f} MB (rank 0)")
-    if s["collapsed"]:
-        lines.append(f"WARNING: at the last epoch {s['collapsed']}")
-    if s["skipped_images"]:
-        lines.append(f"skipped unreadable samples: {s['skipped_images']} distinct (the first ones are named "
-                     "in log.txt's warnings; list them all: python tools/make_shards.py --verify SHARDS)")
-    files = "best.pt, last.pt, checkpoints/, metrics.jsonl, log.txt, config.yaml"
-    lines += [f"run folder: {run.path}  ({files})",
-              f"evaluate:   python -m fastmlic.evaluate --ckpt {run.path / 'best.pt'}",
-              "=" * 64]  # fmt: skip
-    run.log("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from conftest import assert_close
 
 from fastmlic import train
+from fastmlic.builder import build_recipe, check_recipe
 from fastmlic.config import ConfigError, ModelConfig, load_config
 from fastmlic.data import Batch
 from fastmlic.models import build_model
-from fastmlic.recipes import StepContext
+from fastmlic.recipes.base import StepContext
 from fastmlic.recipes.coco import CooccurrenceHead, GatedGraph, cooccurrence_contrastive_loss
-from fastmlic.trainer import build_recipe
 
 # --------------------------------------------------------------------------- the term
 
@@ -170,17 +170,17 @@ def test_weight_zero_trains_the_classification_alone():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["--recipe.num_steps=0"], r"need num_steps >= 1"),
-        (["--recipe.decoder_layers=0"], r"decoder_layers >= 1"),
+        (["--recipe.num_steps=0"], r"recipe.num_steps=0 must be at least 1"),
+        (["--recipe.decoder_layers=0"], r"recipe.decoder_layers=0 must be at least 1"),
         (["--recipe.temperature=0"], r"recipe.temperature=0.0 must be positive"),
         (["--model.head=linear"], r"model.head=linear does not give"),
         (["--train.select_from=ema", "--ema.enabled=false"], r"train.select_from=ema needs ema.enabled"),
-        (["--model.embed_dim=-1"], r"model.embed_dim=-1 must be positive"),
+        (["--model.embed_dim=-1"], r"model.embed_dim=-1 must be 0 \(the backbone's width\) or more"),
     ],
 )
 def test_bad_settings_are_refused_when_the_config_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("coco_digits", overrides)
+        check_recipe(load_config("coco_digits", overrides))
 
 
 def test_the_presets_carry_the_official_readme_settings():

@@ -1,4 +1,4 @@
-"""CPSD (recipes/cpsd.py, fastmlic/partition.py): class partitions (CGP, DGP, published files), teacher
+"""CPSD (recipes/cpsd.py, recipes/cpsd_partition.py): class partitions (CGP, DGP, published files), teacher
 logits scattered by class name, the distillation loss against a literal form, the student's step, and
 the pipeline's stages, and partition -> part teachers -> student from one command on digits with K = 2
 (interrupted, resumed, skipped when done)."""
@@ -19,10 +19,13 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-from fastmlic import partition, pipeline, psd
+from fastmlic import pipeline
+from fastmlic.builder import build_recipe, check_recipe
 from fastmlic.config import ConfigError, load_config
 from fastmlic.data import Batch
-from fastmlic.recipes import RECIPES, StepContext, cpsd
+from fastmlic.recipes import cpsd
+from fastmlic.recipes import cpsd_partition as partition
+from fastmlic.recipes.base import RECIPES, StepContext
 from fastmlic.recipes.cpsd import (
     distillation_loss,
     import_published,
@@ -30,7 +33,6 @@ from fastmlic.recipes.cpsd import (
     read_partition,
     scatter_teacher_logits,
 )
-from fastmlic.trainer import build_recipe
 
 
 def planted(seed: int = 0):
@@ -152,8 +154,8 @@ def test_the_student_needs_its_teachers_and_the_summed_loss():
     with pytest.raises(ConfigError, match="recipe.cgp_teachers and recipe.dgp_teachers are empty"):
         build_recipe(cfg, ["0", "1"]).teacher_paths()
     with pytest.raises(ConfigError, match="keep loss.reduction=sum"):
-        load_config("digits", ["--recipe.name=cpsd", "--recipe.cgp_teachers=[a]", "--recipe.dgp_teachers=[b]",
-                               "--loss.reduction=mean"])  # fmt: skip
+        check_recipe(load_config("digits", ["--recipe.name=cpsd", "--recipe.cgp_teachers=[a]",
+                                            "--recipe.dgp_teachers=[b]", "--loss.reduction=mean"]))
     with pytest.raises(ConfigError, match="recipe.metric"):
         load_config("digits", ["--recipe.name=cpsd", "--recipe.metric=l1"])
     with pytest.raises(ConfigError, match="recipe.parts=0 must be at least 1"):
@@ -168,7 +170,7 @@ def test_the_student_needs_its_teachers_and_the_summed_loss():
 ])  # fmt: skip
 def test_teacher_overrides_are_checked_when_the_preset_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("psd_digits", [f"--recipe.teacher_overrides={overrides}"])
+        check_recipe(load_config("psd_digits", [f"--recipe.teacher_overrides={overrides}"]))
 
 
 def test_the_presets_carry_the_papers_settings():
@@ -245,18 +247,18 @@ def test_one_command_runs_partition_teachers_and_student_and_resumes(shards, tmp
     args = ["--cfg", "psd_digits", *tiny(shards, tmp_path), "--train.log_every=1"]
     root = tmp_path / "psd_digits"
     with pytest.raises(ValueError, match="stage student needs cgp0, cgp1, dgp0, dgp1 first"):
-        psd.main([*args, "--stage", "student"])
+        pipeline.main([*args, "--stage", "student"])
     with pytest.raises(ConfigError, match="--stage teacher: the stages of psd_digits are partition, cgp0"):
-        psd.main([*args, "--stage", "teacher"])
+        pipeline.main([*args, "--stage", "teacher"])
     # one teacher alone (as on its own GPU), stopped after one of two epochs, then resumed
     two = [*args, "--train.epochs=2", "--stage", "partition", "--stage", "cgp0"]
-    out = psd.main([*two, "--train.stop_after=1"])
+    out = pipeline.main([*two, "--train.stop_after=1"])
     assert out["stages"]["cgp0"] == "interrupted" and "run the same command" in capsys.readouterr().out
-    out = psd.main(two)
+    out = pipeline.main(two)
     assert out["ran"] == ["cgp0"] and out["stages"]["cgp0"] == "done"
     capsys.readouterr()
     assert json.loads((root / "cgp0" / "summary.json").read_text())["epochs"] == 2
-    out = psd.main(args)  # the rest; cgp0 (2 epochs, done) is not retrained
+    out = pipeline.main(args)  # the rest; cgp0 (2 epochs, done) is not retrained
     assert out["ran"] == ["cgp1", "dgp0", "dgp1", "student"]
     assert set(out["stages"].values()) == {"done"}
     screen = capsys.readouterr().out
@@ -276,16 +278,16 @@ def test_one_command_runs_partition_teachers_and_student_and_resumes(shards, tmp
     assert steps and all(r["loss"] == pytest.approx(0.5 * r["loss_cls"] + r["loss_distill"], rel=1e-5)
                          for r in steps)  # fmt: skip
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/last.pt")}
-    out = psd.main(args)  # everything finished: nothing runs again
+    out = pipeline.main(args)  # everything finished: nothing runs again
     assert out["ran"] == [] and {p: p.stat().st_mtime_ns for p in root.glob("*/last.pt")} == stamps
-    help_text = subprocess.run([sys.executable, "-m", "fastmlic.psd", "--help"], capture_output=True,
-                               text=True).stdout  # fmt: skip
+    help_text = subprocess.run([sys.executable, "-m", "fastmlic.pipeline", "--cfg", "psd_digits", "--help"],
+                               capture_output=True, text=True).stdout  # fmt: skip
     assert "--stage" in help_text and "CUDA_VISIBLE_DEVICES=1" in help_text and "--recipe.parts" in help_text
 
 
 def test_the_pipeline_runs_every_stage_on_two_gloo_processes(shards, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    command = [torchrun, "--nproc_per_node=2", "--master_port=29547", "-m", "fastmlic.psd",
+    command = [torchrun, "--nproc_per_node=2", "--master_port=29547", "-m", "fastmlic.pipeline",
                "--cfg", "psd_digits", *tiny(shards, tmp_path), "--data.batch_size=16"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip

@@ -155,7 +155,7 @@ def test_a_training_step_and_the_batch_code_never_wait_for_the_gpu(tmp_path):
     from fastmlic.config import load_config
     from fastmlic.distributed import init_distributed
     from fastmlic.engine import train_step
-    from fastmlic.recipes import StepContext
+    from fastmlic.recipes.base import StepContext
     from fastmlic.trainer import Trainer
 
     shards = rawdata.digits_shards(tmp_path / "shards", 256, 64, 64)

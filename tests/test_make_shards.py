@@ -16,7 +16,7 @@ from conftest import ROOT
 from PIL import Image
 
 from fastmlic.datasets import Sample, SplitListing
-from fastmlic.shards.build import build_split
+from fastmlic.shards.build import WriteOptions, build_split
 from fastmlic.shards.format import SplitInfo, encode_multi_hot, split_json_path
 
 spec = importlib.util.spec_from_file_location("make_shards", ROOT / "tools" / "make_shards.py")
@@ -176,7 +176,8 @@ def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rn
     listing.samples[0] = Sample("png", rawdata.image_bytes(rng, (16, 16), fmt="PNG"), (1,))
     listing.samples[1] = Sample("bad", rawdata.corrupt_jpeg(rng), (2,))
     out = tmp_path / "s"
-    first = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
+    three = WriteOptions(shard_size=3)
+    first = build_split(listing, out, "train", dataset="toy", options=three, shuffle_seed=1)
     assert first.shards_written == 4 and first.info.num_samples == 9
     assert first.info.reencoded == {"format PNG": 1} and len(first.bad) == 1
     reference = {p.name: p.read_bytes() for p in out.glob("train-*")}
@@ -186,7 +187,7 @@ def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rn
     (out / ".train-000002.tar.tmp999").write_bytes(b"partial")
     (out / "train.json").unlink()
     (out / "train.skipped.tsv").unlink()
-    second = build_split(listing, out, "train", dataset="toy", shard_size=3, shuffle_seed=1)
+    second = build_split(listing, out, "train", dataset="toy", options=three, shuffle_seed=1)
     assert (second.shards_written, second.shards_reused) == (1, 3)
     assert {p.name: p.read_bytes() for p in out.glob("train-*")} == reference
     assert second.info.positives == first.info.positives
@@ -198,17 +199,19 @@ def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rn
 
 def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, rng):
     listing = _listing(6, rng)
-    build_split(listing, tmp_path, "train", dataset="toy", shard_size=3)
+    build_split(listing, tmp_path, "train", dataset="toy", options=WriteOptions(shard_size=3))
     with pytest.raises(ValueError, match="shard_size.*--overwrite"):
-        build_split(listing, tmp_path, "train", dataset="toy", shard_size=2)
-    report = build_split(listing, tmp_path, "train", dataset="toy", shard_size=2, overwrite=True)
+        build_split(listing, tmp_path, "train", dataset="toy", options=WriteOptions(shard_size=2))
+    again = WriteOptions(shard_size=2, overwrite=True)
+    report = build_split(listing, tmp_path, "train", dataset="toy", options=again)
     assert report.shards_written == 3 and len(list(tmp_path.glob("train-*.tar"))) == 3
 
 
 def test_training_split_is_shuffled_once_and_evaluation_keeps_order(tmp_path, rng):
     listing = _listing(20, rng)
-    build_split(listing, tmp_path / "a", "val", dataset="toy", shard_size=7)
-    build_split(listing, tmp_path / "b", "train", dataset="toy", shard_size=7, shuffle_seed=0)
+    build_split(listing, tmp_path / "a", "val", dataset="toy", options=WriteOptions(shard_size=7))
+    build_split(listing, tmp_path / "b", "train", dataset="toy", options=WriteOptions(shard_size=7),
+                shuffle_seed=0)
 
     def keys(folder, split):
         tars = sorted(folder.glob(f"{split}-*.tar"))
@@ -220,7 +223,7 @@ def test_training_split_is_shuffled_once_and_evaluation_keeps_order(tmp_path, rn
 
 
 def test_split_json_load_fails_on_a_missing_shard(tmp_path, rng):
-    build_split(_listing(4, rng), tmp_path, "val", dataset="toy", shard_size=2)
+    build_split(_listing(4, rng), tmp_path, "val", dataset="toy", options=WriteOptions(shard_size=2))
     (tmp_path / "val-000001.tar").unlink()
     with pytest.raises(FileNotFoundError, match=r"val-000001\.tar: listed in .*val\.json but missing"):
         SplitInfo.load(tmp_path / "val.json")

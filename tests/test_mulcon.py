@@ -14,13 +14,13 @@ import yaml
 from conftest import assert_close
 
 from fastmlic import train
+from fastmlic.builder import build_recipe, check_recipe
 from fastmlic.config import ConfigError, ModelConfig, load_config
 from fastmlic.data import Batch
 from fastmlic.models import build_model
-from fastmlic.recipes import StepContext
 from fastmlic.recipes import mulcon as mulcon_module
+from fastmlic.recipes.base import StepContext
 from fastmlic.recipes.mulcon import MAB, label_contrastive_loss
-from fastmlic.trainer import build_recipe
 
 # --------------------------------------------------------------------------- the term
 
@@ -145,7 +145,7 @@ def test_stage_two_puts_both_views_through_one_forward_and_contrasts_their_prese
 )
 def test_stage_rules_are_checked_when_the_config_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("mulcon_stage1_digits", ["--recipe.name=mulcon", *overrides])
+        check_recipe(load_config("mulcon_stage1_digits", ["--recipe.name=mulcon", *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +222,11 @@ def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(s
 ])  # fmt: skip
 def test_a_wrong_first_stage_fails_when_the_config_loads(preset, value, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(preset, [f"--recipe.first_stage={value}"])
+        check_recipe(load_config(preset, [f"--recipe.first_stage={value}"]))
 
 
 def test_a_first_stage_that_leads_back_to_itself_is_refused(tmp_path):
     loop = tmp_path / "loop.yaml"  # a stage two naming itself as its stage one
     loop.write_text(f"base: mulcon_stage2_digits\nrecipe:\n  first_stage: {loop}\n")
-    with pytest.raises(ConfigError, match="leads back to itself"):
-        load_config(loop)
+    with pytest.raises(ConfigError, match="is recipe mulcon stage 2; name a MulCon stage-one preset"):
+        check_recipe(load_config(loop))

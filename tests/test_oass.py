@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from fastmlic import train
+from fastmlic.builder import build_recipe, check_recipe
 from fastmlic.config import ConfigError, load_config
 from fastmlic.data import Batch
-from fastmlic.recipes import StepContext
+from fastmlic.recipes.base import StepContext
 from fastmlic.recipes.oass import (
     CAMHead,
     crop,
@@ -25,7 +26,6 @@ from fastmlic.recipes.oass import (
     object_boxes,
     tile,
 )
-from fastmlic.trainer import build_recipe
 
 
 def literal_tile(x, pieces):
@@ -158,7 +158,9 @@ def test_an_instance_learns_its_class_and_leaves_the_other_present_classes_out(r
 def tiny_recipe(*overrides):
     cfg = load_config("oass_digits", ["--model.backbone=resnet18", "--data.image_size=32", *overrides])
     recipe = build_recipe(cfg, [str(i) for i in range(4)])
-    return recipe, recipe.build_module()
+    module = recipe.build_module()
+    recipe.setup(module, context())  # as the builder does: the EMA teacher of the initialised module
+    return recipe, module
 
 
 def tiny_batch(rng, targets):
@@ -212,7 +214,7 @@ def test_the_teacher_follows_the_student_by_its_decay_and_resumes_from_its_state
     name = "model.head.classifier.weight"
     torch.testing.assert_close(recipe.teacher.module.state_dict()[name],
                                0.9 * start[name] + 0.1 * module.state_dict()[name])  # fmt: skip
-    # a resumed run reads the teacher's state before its first step makes the teacher
+    # a resumed run loads the teacher's state into the teacher its setup made of a fresh module
     resumed, fresh = tiny_recipe("--recipe.teacher_decay=0.9")
     resumed.load_state_dict(recipe.state_dict())
     resumed.training_step(fresh, tiny_batch(rng, [[1, 0, 0, 0]]), context())
@@ -237,14 +239,14 @@ def test_tiles_whose_cams_do_not_merge_to_the_full_grid_are_explained(rng):
         (["--recipe.teacher_decay=1"], r"recipe.teacher_decay=1.0 must be in \[0, 1\)"),
         (["--recipe.patch_scale=0"], r"recipe.patch_scale=0.0 must be in \(0, 1\]"),
         (["--recipe.pieces=2"], r"recipe.pieces=2 must be a square number"),
-        (["--recipe.alpha_re=-1"], r"recipe.alpha_re=-1.0: loss weights cannot be negative"),
+        (["--recipe.alpha_re=-1"], r"recipe.alpha_re=-1.0 must be 0 or more"),
         (["--model.head=linear"], r"recipe.name=oass needs cams from the head"),
         (["--model.output_stride=4"], r"model.output_stride=4 must be 0"),
     ],
 )
 def test_bad_settings_are_refused_when_the_config_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("oass_digits", overrides)
+        check_recipe(load_config("oass_digits", overrides))
 
 
 def test_the_voc2012_presets_carry_puzzle_cams_settings_and_the_readme_weights():

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -21,13 +20,13 @@ import torch.nn.functional as F
 from conftest import ROOT, assert_close
 
 from fastmlic import train
+from fastmlic.builder import build_recipe, check_recipe, freeze_unused
 from fastmlic.config import RECIPE_CONFIGS, ConfigError, RecipeConfig, describe, load_config, option
 from fastmlic.data import Batch
 from fastmlic.engine import combine_terms
 from fastmlic.models import HEADS
-from fastmlic.recipes import RECIPES, StepContext, Term
+from fastmlic.recipes.base import RECIPES, StepContext, Term
 from fastmlic.recipes.standard import Standard
-from fastmlic.trainer import build_recipe, freeze_unused
 
 # --------------------------------------------------------------------------- config
 
@@ -53,13 +52,13 @@ def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
          r"'recipe.wieght' of recipe 'mulcon'; did you mean 'recipe.weight'"),
         (["--recipe.name=mulcon", "--model.head=label_attention", "--recipe.proj_dim=1.5"],
          r"recipe.proj_dim: expected int"),
-        (["--recipe.name=mulcon"], r"recipe.name=mulcon needs label_features .*model.head=label_attention"),
+        (["--recipe.name=mulcon"], r"recipe.name=mulcon needs label_features .*model.head=.*label_attention"),
         (["--model.head=linea"], r"model.head='linea' is not a known head; did you mean 'linear'"),
     ],
 )  # fmt: skip
 def test_recipe_keys_are_as_strict_as_every_other_section(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("digits", overrides)
+        check_recipe(load_config("digits", overrides))
 
 
 def test_help_lists_every_recipe_with_its_keys():
@@ -76,14 +75,15 @@ def test_help_lists_every_recipe_with_its_keys():
 def test_every_recipe_has_its_keys_and_its_training_code_under_one_name():
     assert list(RECIPE_CONFIGS) == list(RECIPES)
     for name in RECIPES:
-        assert load_config("digits", [f"--recipe.name={name}"], recipe_checks=False).recipe.name == name
+        assert load_config("digits", [f"--recipe.name={name}"]).recipe.name == name
 
 
 def test_help_shows_a_config_whose_head_does_not_fit_its_recipe_and_the_run_refuses_it():
     overrides = ["--recipe.name=mulcon", "--model.head=linear"]
-    assert load_config("digits", overrides, recipe_checks=False).model.head == "linear"
+    cfg = load_config("digits", overrides)  # what --help shows: it loads no recipe code
+    assert cfg.model.head == "linear"
     with pytest.raises(ConfigError, match="needs label_features"):
-        load_config("digits", overrides)
+        check_recipe(cfg)  # what a run checks before it builds anything
 
 
 # --------------------------------------------------------------------------- DDP scaling
@@ -239,11 +239,11 @@ def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards
     args = [*base_args(shards, tmp_path), f"--model.head={head}", f"--recipe.name={recipe}", "--train.name=r"]
     if not fits(head, recipe):
         with pytest.raises(ConfigError, match=f"model.head={head} does not give"):
-            load_config("digits", args[2:])
+            check_recipe(load_config("digits", args[2:]))
         return
     if not gives(head, recipe):
         with pytest.raises(ConfigError, match=f"model.head={head} needs .* which recipe.name={recipe}"):
-            load_config("digits", args[2:])
+            check_recipe(load_config("digits", args[2:]))
         return
     if recipe == "cpsd":  # a student learns from teacher runs: tests/test_cpsd.py
         with pytest.raises(ConfigError, match="recipe.cgp_teachers and recipe.dgp_teachers are empty"):
@@ -323,34 +323,68 @@ def test_a_frozen_teacher_stays_out_of_training_and_checkpoints_reference_it(sha
 # --------------------------------------------------------------------------- the README's example
 
 
-def test_the_readme_example_recipe_registers_and_trains(shards, tmp_path, monkeypatch):
+def readme_recipe() -> dict[str, str]:
+    """The README's "Writing a recipe" example: file name -> its text (one block, a comment naming each
+    file before its code)."""
     text = (ROOT / "README.md").read_text()
     start = text.index("# fastmlic/recipes/l2feat_config.py")
-    code = text[start : text.index("```", start)]
-    for registry in (RECIPE_CONFIGS, RECIPES):  # left as they were
-        monkeypatch.setattr(registry, "register", _register_into(registry, monkeypatch))
-    module = types.ModuleType("fastmlic.recipes.l2feat")
-    module.__package__ = "fastmlic.recipes"
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(code, "README.md", "exec"), module.__dict__)
-    assert "--recipe.weight=0.001" in describe()
+    block = text[start : text.index("```", start)]
+    second = block.index("# fastmlic/recipes/l2feat.py")
+    return {"l2feat_config.py": block[:second], "l2feat.py": block[second:]}
+
+
+@pytest.fixture
+def dropped_in(tmp_path, monkeypatch):
+    """A folder on the recipes package's path, as if its files lay in fastmlic/recipes/; whatever it
+    registered is gone afterwards."""
+    import fastmlic.recipes
+
+    folder = tmp_path / "dropped_in"
+    folder.mkdir()
+    monkeypatch.setattr(fastmlic.recipes, "__path__", [*fastmlic.recipes.__path__, str(folder)])
+    before = {id(r): set(dict.keys(r)) for r in (RECIPE_CONFIGS, RECIPES, HEADS)}
+    yield folder
+    for registry in (RECIPE_CONFIGS, RECIPES, HEADS):
+        for name in set(dict.keys(registry)) - before[id(registry)]:
+            dict.pop(registry, name)
+    for name in [m for m in sys.modules if m.startswith("fastmlic.recipes.l2feat")]:
+        del sys.modules[name]
+
+
+def test_the_readme_example_is_two_files_that_train_with_no_other_edit(shards, tmp_path, dropped_in):
+    for name, code in readme_recipe().items():
+        (dropped_in / name).write_text(code)
     summary = train.main([*base_args(shards, tmp_path), "--train.name=l2", "--recipe.name=l2feat",
                           "--recipe.weight=0.01", "--train.epochs=1"])  # fmt: skip
+    assert "--recipe.weight=0.001" in describe()  # found by its files: listed by --help too
     rows = [json.loads(x) for x in (tmp_path / "l2" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "train"]
     assert all(r["loss"] == pytest.approx(r["loss_cls"] + 0.01 * r["loss_l2"], rel=1e-5) for r in steps)
     assert summary["epochs"] == 1
 
 
-def _register_into(registry, monkeypatch):
-    def register(name):
-        def add(entry):
-            monkeypatch.setitem(registry, name, entry)
-            return entry
-
-        return add
-
-    return register
+def test_a_recipe_installed_by_another_package_is_found_by_its_entry_point(shards, tmp_path):
+    """The same two files in a package of their own, declared in the `fastmlic.recipes` entry-point group
+    (the metadata an install writes), train in a fresh process that knows nothing else of them."""
+    site = tmp_path / "site"
+    package = site / "l2feat_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for name, code in readme_recipe().items():  # as another package writes it: absolute imports
+        code = code.replace("from ..config import", "from fastmlic.config import")
+        (package / name).write_text(code.replace("from .base import", "from fastmlic.recipes.base import"))
+    dist_info = site / "l2feat_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: l2feat-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[fastmlic.recipes]\nl2feat = l2feat_plugin.l2feat\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    args = [*base_args(shards, tmp_path)[2:], "--train.name=plugin", "--recipe.name=l2feat",
+            "--train.epochs=1"]
+    done = subprocess.run([sys.executable, str(ROOT / "fastmlic" / "train.py"), "--cfg", "digits", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "plugin" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("loss_l2" in r for r in rows if r["kind"] == "train")
 
 
 @pytest.mark.slow

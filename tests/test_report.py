@@ -154,13 +154,13 @@ def test_per_class_ap_zooms_to_the_data_and_prints_each_value():
 
 
 def test_report_checks_packages_before_inference_and_leaves_nothing_on_failure(run, tmp_path, monkeypatch):
-    from fastmlic import trainer
+    from fastmlic import builder
     from fastmlic.cli import exit_on_user_error
 
     def no_inference(*args, **kwargs):
         raise AssertionError("inference ran before the checks")
 
-    monkeypatch.setattr(trainer, "load_for_inference", no_inference)  # where the report imports it from
+    monkeypatch.setattr(builder, "load_for_inference", no_inference)  # where the report imports it from
     monkeypatch.setitem(report.REPORT_NEEDS, "a_plotting_package_not_installed", "plotpkg")
     out = tmp_path / "r"
     assert exit_on_user_error(lambda: report.main([str(run), "--out", str(out)])) == 2

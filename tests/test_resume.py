@@ -190,7 +190,7 @@ def test_a_read_only_folder_is_named_with_the_cause_and_no_temporary_file_stays(
     folder = run_module.RunDir(tmp_path, is_main=True)
     expected = rf"cannot write {tmp_path}/checkpoints/step-00000005.pt: Read-only file system \(the folder"
     with pytest.raises(RunFolderError, match=expected):
-        folder.save_training_state({"x": 1}, 5, end_of_epoch=True, keep=2)
+        folder.save("checkpoints/step-00000005.pt", {"x": 1})  # how the checkpointer writes a state
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
@@ -241,7 +241,7 @@ def test_resume_may_extend_epochs_and_follow_moved_shards_but_nothing_else(shard
 def test_errors_and_warnings_reach_log_txt(shards, tmp_path, monkeypatch):
     from fastmlic.config import RECIPE_CONFIGS
     from fastmlic.engine import NonFiniteLoss
-    from fastmlic.recipes import RECIPES
+    from fastmlic.recipes.base import RECIPES
     from fastmlic.recipes.standard import Standard
     from fastmlic.recipes.standard_config import StandardConfig
 
@@ -268,7 +268,7 @@ import sys
 from fastmlic import train
 from fastmlic.cli import exit_on_user_error
 from fastmlic.config import RECIPE_CONFIGS
-from fastmlic.recipes import RECIPES
+from fastmlic.recipes.base import RECIPES
 from fastmlic.recipes.standard import Standard
 from fastmlic.recipes.standard_config import StandardConfig
 

@@ -1,5 +1,5 @@
-"""SGRE (recipes/sgre.py) and class-name embeddings (text_embeddings.py, tools/label_embeddings.py): the
-files and their sidecar, MiniLM's sense of relatedness, the BERT token choice on a tiny local model, GloVe
+"""SGRE (recipes/sgre.py) and class-name embeddings (recipes/sgre_embeddings.py, tools/label_embeddings.py):
+the files and their sidecar, MiniLM's sense of relatedness, the BERT token choice on a tiny local model, GloVe
 sums, the head on a CNN and a ViT, the mismatch errors, and end to end on digits."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastmlic import train
 from fastmlic.config import ConfigError, ModelConfig, load_config
 from fastmlic.models import build_model
 from fastmlic.recipes.sgre import EncoderLayer, sine_positions
-from fastmlic.text_embeddings import embed_bert, embed_glove, read_label_embeddings, texts_for
+from fastmlic.recipes.sgre_embeddings import embed_bert, embed_glove, read_label_embeddings, texts_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "label_embeddings.py"
@@ -57,7 +57,7 @@ def test_the_tool_writes_the_same_file_twice_with_its_sidecar(shards, backend, d
 
 
 def test_minilm_puts_related_names_closer_than_unrelated_ones():
-    from fastmlic.text_embeddings import embed_minilm
+    from fastmlic.recipes.sgre_embeddings import embed_minilm
 
     v, _ = embed_minilm(["cat", "dog", "train", "car", "truck", "banana"])
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -158,12 +158,14 @@ def test_the_semantic_head_on_cnn_and_vit_backbones(backbone, size):
 
 
 def test_the_head_and_the_recipe_are_refused_apart(shards):
+    from fastmlic.builder import check_recipe
+
     with pytest.raises(ConfigError, match="model.head=semantic needs embeddings, which recipe.name=standard"):
-        load_config("digits", ["--model.head=semantic"])
+        check_recipe(load_config("digits", ["--model.head=semantic"]))
     with pytest.raises(ConfigError, match="recipe.name=sgre needs label_logits from the head"):
-        load_config("sgre_digits", ["--model.head=label_attention"])
+        check_recipe(load_config("sgre_digits", ["--model.head=label_attention"]))
     with pytest.raises(ConfigError, match=r"recipe.embeddings='glov': name a backend"):
-        from fastmlic.trainer import build_recipe
+        from fastmlic.builder import build_recipe
 
         build_recipe(load_config("sgre_digits", ["--recipe.embeddings=glov"]), ["0"]).build_module()
 
@@ -199,7 +201,7 @@ def test_end_to_end_on_digits_with_minilm_embeddings(shards, tmp_path):
     # the checkpoint carries the embeddings: evaluation needs no embeddings file
     (shards / "digits" / "label_embeddings.minilm.npy").rename(tmp_path / "moved.npy")
     try:
-        from fastmlic.trainer import load_for_inference
+        from fastmlic.builder import load_for_inference
 
         loaded = load_for_inference(run / "best.pt", [], torch.device("cpu"))
         expected = np.load(tmp_path / "moved.npy")

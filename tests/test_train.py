@@ -21,7 +21,7 @@ from fastmlic.cli import exit_on_user_error
 from fastmlic.config import RECIPE_CONFIGS
 from fastmlic.data.dali_loader import dali_available
 from fastmlic.engine import NonFiniteLoss
-from fastmlic.recipes import RECIPES
+from fastmlic.recipes.base import RECIPES
 from fastmlic.recipes.standard import Standard
 from fastmlic.recipes.standard_config import StandardConfig
 from fastmlic.run import RunFolderError

@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 from fastmlic.cli import exit_on_user_error
 from fastmlic.errors import InputError, MissingInput
-from fastmlic.shards.format import SplitInfo
-from fastmlic.text_embeddings import (
+from fastmlic.recipes.sgre_embeddings import (
     BACKENDS,
     BERT_MODEL,
     EmbeddingsInfo,
@@ -35,6 +34,7 @@ from fastmlic.text_embeddings import (
     texts_for,
     write_label_embeddings,
 )
+from fastmlic.shards.format import SplitInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

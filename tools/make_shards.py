@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fastmlic import __version__
 from fastmlic.datasets import DATASETS, SplitListing, get_reader
 from fastmlic.errors import MissingInput, UserError
-from fastmlic.shards.build import ImageOptions, SplitReport, build_split
+from fastmlic.shards.build import ImageOptions, SplitReport, WriteOptions, build_split
 from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
 
@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     source = {"root": str(args.root or ""), "command": command, "fastmlic": __version__}
     reports = []
     total = sum(len(lst.samples) for lst in listings.values())
+    image = ImageOptions(args.max_side, args.quality, args.check)
+    options = WriteOptions(args.shard_size, image, args.workers, args.overwrite)
     with tqdm(total=total, unit="img", desc=f"shards/{args.data}", disable=None) as bar:
         for split, listing in listings.items():
             # the first split of each dataset is its training split: shuffled once, here, so DALI and
@@ -235,19 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             seed = args.seed if split == reader.SPLITS[0] else None
             try:
                 reports.append(
-                    build_split(
-                        listing,
-                        out_dir,
-                        split,
-                        dataset=args.data,
-                        shard_size=args.shard_size,
-                        options=ImageOptions(args.max_side, args.quality, args.check),
-                        workers=args.workers,
-                        shuffle_seed=seed,
-                        source=source,
-                        overwrite=args.overwrite,
-                        progress=bar.update,
-                    )
+                    build_split(listing, out_dir, split, dataset=args.data, options=options,
+                                shuffle_seed=seed, source=source, progress=bar.update)
                 )
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)

@@ -14,11 +14,12 @@ import torch
 
 from ..config import DataConfig
 from ..shards.format import SplitInfo, split_json_path
-from .batch import Batch, DataError
+from .batch import Batch, DataError, LoaderSpec
 from .dali_loader import DaliLoader, dali_available
 from .torch_loader import TorchLoader
 
-__all__ = ["Batch", "DataError", "build_loader", "resolve_backend", "split_json", "DaliLoader", "TorchLoader"]
+__all__ = ["Batch", "DataError", "LoaderSpec", "build_loader", "resolve_backend", "split_json", "DaliLoader",
+           "TorchLoader"]  # fmt: skip
 
 
 def split_json(cfg: DataConfig, split: str) -> Path:
@@ -70,16 +71,6 @@ def build_loader(
         except OSError as e:
             raise DataError(f"{tar}: cannot read shard ({e.strerror})") from None
     backend = resolve_backend(cfg.backend, device, randaugment=cfg.randaugment_n > 0)
-    loader_type = DaliLoader if backend == "dali" else TorchLoader
-    return loader_type(
-        info,
-        path.parent,
-        cfg,
-        train=train,
-        rank=rank,
-        world_size=world_size,
-        device=torch.device(device),
-        seed=seed,
-        views=views,
-        subset=subset,
-    )
+    spec = LoaderSpec(info, path.parent, cfg, train, rank, world_size, torch.device(device), seed, views,
+                      subset)  # fmt: skip
+    return (DaliLoader if backend == "dali" else TorchLoader)(spec)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..config import DataConfig
 from ..errors import InputError
+from ..shards.format import SplitInfo
 
 IMAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -77,27 +80,46 @@ def cutout_(
     return images
 
 
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What one rank's loader of one split reads, and how: made once by `build_loader`, taken whole by
+    either backend."""
+
+    info: SplitInfo  # what the shards hold
+    root: Path  # the folder of the split's shards
+    cfg: DataConfig
+    train: bool
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    views: int = 1  # augmented views of each image, from one decode
+    subset: tuple[SplitInfo, list[int]] | None = None  # a class subset: its description, its label columns
+
+
 class LoaderBase:
     """What both backends share: epoch bookkeeping and the last per-batch step on the device
     (cast, Cutout, targets to float, the class subset's columns), so the two yield identical `Batch`es.
 
-    `views` augmented views of each image come from one decode. `subset` (the restricted description
-    and its classes' columns in the labels, from `SplitInfo.subset`) limits the classes: `info` then
-    describes the subset, `shard_info` what the shards hold."""
+    A class subset (the restricted description and its classes' columns in the labels, from
+    `SplitInfo.subset`) limits the classes: `info` then describes the subset, `shard_info` what the
+    shards hold."""
 
     backend = ""
 
-    def __init__(self, info, cfg, *, train: bool, rank: int, device: torch.device, seed: int, views: int = 1,
-                 subset: tuple | None = None):  # fmt: skip
-        self.shard_info, self.cfg, self.train, self.device = info, cfg, train, torch.device(device)
-        self.info, columns = subset if subset is not None else (info, None)
+    def __init__(self, spec: LoaderSpec):
+        self.spec, cfg = spec, spec.cfg
+        self.shard_info, self.root, self.cfg, self.train = spec.info, spec.root, cfg, spec.train
+        self.rank, self.world_size, self.seed, self.views = spec.rank, spec.world_size, spec.seed, spec.views
+        self.device = torch.device(spec.device)
+        self.info, columns = spec.subset if spec.subset is not None else (spec.info, None)
         # the subset's label columns where the targets are indexed: on the device (made once, here)
         self.columns = torch.tensor(columns, device=self.device) if columns is not None else None
         self.dtype = IMAGE_DTYPES[cfg.dtype]
-        self.views = views
-        self.cutout_seed = seed * 1_000_003 + rank
+        self.cutout_seed = spec.seed * 1_000_003 + spec.rank
         # one generator per view, so view 0 draws what a one-view loader draws
-        self.cutout_rngs = [torch.Generator(self.device).manual_seed(self.cutout_seed) for _ in range(views)]
+        self.cutout_rngs = [torch.Generator(self.device).manual_seed(self.cutout_seed)
+                            for _ in range(self.views)]  # fmt: skip
         self.skipped: list[tuple[str, str, str]] = []  # (shard, key, reason) of every skipped image
         self.epoch = 0
         self.position = 0  # batches yielded in this epoch: where a resumed epoch starts

@@ -32,7 +32,7 @@ import torch
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
 from ..shards.verify import check_shard
-from .batch import DataError, LoaderBase, nhwc_to_channels_last
+from .batch import DataError, LoaderBase, LoaderSpec, nhwc_to_channels_last
 
 READER = "Reader"
 SCAN_LIMIT_BYTES = 2 << 30  # check an unchecked split, or look for a failure's culprit, up to this size
@@ -119,24 +119,8 @@ class DaliLoader(LoaderBase):
 
     backend = "dali"
 
-    def __init__(
-        self,
-        info: SplitInfo,
-        root: Path,
-        cfg: DataConfig,
-        *,
-        train: bool,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-        seed: int,
-        views: int = 1,
-        subset: tuple | None = None,
-    ):
-        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed, views=views,
-                         subset=subset)  # fmt: skip
-        self.root, self.rank, self.world_size = Path(root), rank, world_size  # DALI reshuffles per epoch
-        self.seed = seed
+    def __init__(self, spec: LoaderSpec):
+        super().__init__(spec)
         self._require_checked_images()
         self._build()
 

@@ -24,8 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
-from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
-from .batch import DataError, LoaderBase, normalize_uint8
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT
+from .batch import DataError, LoaderBase, LoaderSpec, normalize_uint8
 from .index import BadSample, ShardIndex
 
 MAX_REDRAWS = 16  # training replaces an unreadable sample by another; this many in a row is an error
@@ -199,29 +199,16 @@ class TorchLoader(LoaderBase):
 
     backend = "torch"
 
-    def __init__(
-        self,
-        info: SplitInfo,
-        root: Path,
-        cfg: DataConfig,
-        *,
-        train: bool,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-        seed: int,
-        views: int = 1,
-        subset: tuple | None = None,
-    ):
-        super().__init__(info, cfg, train=train, rank=rank, device=device, seed=seed, views=views,
-                         subset=subset)  # fmt: skip
-        index = ShardIndex(info, root)
-        if train:
-            self.sampler = TrainSampler(len(index), rank, world_size, seed)
+    def __init__(self, spec: LoaderSpec):
+        super().__init__(spec)
+        cfg = spec.cfg
+        index = ShardIndex(spec.info, spec.root)
+        if spec.train:
+            self.sampler = TrainSampler(len(index), spec.rank, spec.world_size, spec.seed)
         else:
-            self.sampler = EvalSampler(len(index), rank, world_size)
+            self.sampler = EvalSampler(len(index), spec.rank, spec.world_size)
         self.loader = DataLoader(
-            ShardDataset(index, cfg, train, seed, views),
+            ShardDataset(index, cfg, spec.train, spec.seed, spec.views),
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             num_workers=cfg.workers,

@@ -1,4 +1,5 @@
-"""One reader per raw benchmark. Each lists a split as (key, image source, positive ids, ignored ids).
+"""One reader per raw benchmark. Each lists a split as (key, image source, positive ids, ignored ids): a
+`SplitListing` of `Sample`s (fastmlic/shards/listing.py, what the shard writer takes).
 
 Listing reads only annotation files, so a missing or malformed annotation stops the run before any
 image is touched; images are read later, in parallel, by the shard writer.
@@ -7,32 +8,16 @@ image is touched; images are read later, in parallel, by the shard writer.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import InputError
 from ..registry import Registry
+from ..shards.listing import Sample, SplitListing
 
-
-@dataclass(frozen=True)
-class Sample:
-    key: str
-    image: Path | bytes  # the image file, or the encoded image itself (generated datasets)
-    positives: tuple[int, ...]
-    ignored: tuple[int, ...] = ()
-
-    def read(self) -> bytes:
-        return self.image if isinstance(self.image, bytes) else Path(self.image).read_bytes()
-
-
-@dataclass
-class SplitListing:
-    classes: list[str]
-    samples: list[Sample]
-    has_ignore: bool = False
-    dropped: dict[str, int] = field(default_factory=dict)  # samples left out by convention, by reason
-    conventions: str = ""  # one line for SPLIT.json: how labels were derived
+# Sample and SplitListing: what every reader here returns, re-exported for them
+__all__ = ["DATASETS", "AnnotationError", "Sample", "SplitListing", "first_existing", "get_reader",
+           "require_file"]  # fmt: skip
 
 
 class AnnotationError(InputError):

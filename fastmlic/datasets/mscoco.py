@@ -21,10 +21,10 @@ def list_split(root: Path, split: str) -> SplitListing:
     root = Path(root)
     ann_file = require_file(root / "annotations" / f"instances_{split}2014.json", "COCO annotation file")
     try:
-        coco = json.loads(ann_file.read_text())
-        categories = sorted(coco["categories"], key=lambda c: c["id"])
-        images = coco["images"]
-        annotations = coco["annotations"]
+        instances = json.loads(ann_file.read_text())
+        categories = sorted(instances["categories"], key=lambda c: c["id"])
+        images = instances["images"]
+        annotations = instances["annotations"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise AnnotationError(f"{ann_file}: not a COCO instances file ({e})") from None
     index_of = {c["id"]: i for i, c in enumerate(categories)}

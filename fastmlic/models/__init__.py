@@ -34,8 +34,6 @@ class MLICModel(nn.Module):
 
 def build_model(cfg: ModelConfig, num_classes: int, **head_options) -> MLICModel:
     """`head_options`: keyword arguments a recipe gives its own head, beyond the `model` section's."""
-    from .. import recipes  # noqa: F401  (recipes register their own heads; imported here, not at the top: a cycle)
-
     backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path, cfg.output_stride)
     head_type = HEADS.lookup(cfg.head)
     head = head_type(backbone.num_features, num_classes, embed_dim=cfg.embed_dim or backbone.num_features,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..plugins import load_recipes
 from ..registry import Registry
 from .backbone import Features
 
-HEADS: Registry[type[nn.Module]] = Registry("head", "model.head")
+# the generic heads below, and those recipes bring (loaded with the recipes: fastmlic/plugins.py)
+HEADS: Registry[type[nn.Module]] = Registry("head", "model.head", load=load_recipes)
 
 
 @HEADS.register("linear")

@@ -3,27 +3,31 @@
 A recipe declares its keys in `<name>_config.py`: a `RecipeConfig` subclass registered in
 `RECIPE_CONFIGS` (fastmlic/config.py) and selected by `recipe: {name: NAME, ...}`; it imports no torch,
 so configs load and `--help` answers without it. Its training code, in `<name>.py`, is a `Recipe`
-registered in RECIPES under the same name, with:
-- `check(cfg)`: cross-field checks when a run's config loads (e.g. the head must give per-label
-  features); `--help` leaves them out;
+registered in RECIPES under the same name. Both are found by their file names (fastmlic/plugins.py).
+A recipe has:
+- `head_outputs`: what it reads from the head, and `head_inputs`: what it hands its head beyond the
+  `model` section (a head lists what it `needs`); the builder checks both before a run is built;
+- `check(cfg)`: its cross-field checks beyond the ranges its fields declare, made at the same time;
 - `data_request(cfg)`: what it needs from the loaders: augmented views per image, a class subset;
 - `build_module(trained)`: the one trainable module. Everything that gets gradients runs in its single
   `forward`, so DDP, torch.compile, EMA and the optimiser see only it; `predict` gives the logits that
   evaluation, prediction and reports use. `trained` is a checkpoint's weights when the module is
   rebuilt for inference: what was fixed when training started (e.g. label embeddings) comes from it;
-- `head_inputs`: what it hands its head beyond the `model` section (a head lists what it `needs`);
 - `initial_weights(ckpt, what)`: which weights of `train.init_from` start the run (default: the
   checkpoint's model weights; a later stage may take the EMA's, or insist on the same classes);
 - `teacher_paths()`: frozen models it reads (checkpoints of other runs); the trainer loads them once,
   frozen, in eval mode, outside DDP, the optimiser and EMA, and records them by path and sha256;
+- `setup(module, ctx)`: builds what it derives from the trainable module (e.g. an EMA teacher), once;
 - `training_step(net, batch, ctx)`: named loss `Term`s, each saying how it reduces over the batch;
-- `after_step(module, ctx)`: a hook after every optimiser step (e.g. an EMA teacher);
+- `after_step(module, ctx)`: a hook after every optimiser step (e.g. updating that EMA teacher);
 - `state_dict()` / `load_state_dict()`: state that changes in training beyond the trainable weights;
-- `stages(cfg, root)`: the runs that make its result, for `python -m fastmlic.pipeline` (default: one).
+- `stages(cfg, root)`: the runs that make its result, for `python -m fastmlic.pipeline` (default: one),
+  each a `Stage`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -32,17 +36,17 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint
-from ..config import Config, ConfigError
+from ..config import Config, load_config
 from ..data import Batch
 from ..losses import build_loss
-from ..models import HEADS, MLICModel, build_model
-from ..pipeline import Stage, stage_config
+from ..models import MLICModel, build_model
+from ..plugins import load_recipes
 from ..registry import Registry
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
 
-RECIPES: Registry[type[Recipe]] = Registry("recipe", "recipe.name")
+RECIPES: Registry[type[Recipe]] = Registry("recipe", "recipe.name", load=load_recipes)
 
 Reduction = Literal["sum", "mean", "global"]
 
@@ -99,6 +103,26 @@ class StepContext:
     ema: ModelEmaV3 | None = None  # the trainer's EMA of the trainable module
 
 
+@dataclass
+class Stage:
+    """One step of a pipeline: a training run (`config` gives its config, built when the stage starts, so
+    it may read what earlier stages wrote) or a step that writes `outputs` (`make`). `folder` is the run's
+    folder, or the folder the step writes into."""
+
+    name: str
+    folder: Path
+    needs: tuple[str, ...] = ()
+    config: Callable[[], Config] | None = None
+    make: Callable[[], object] | None = None
+    outputs: tuple[Path, ...] = ()
+
+
+def stage_config(mapping: dict, folder: Path, overrides: list[str] | None = None, source: str = "") -> Config:
+    """A run config (a resolved config as a mapping, plus `overrides`) placed in run folder `folder`."""
+    mapping = {**mapping, "train": {**mapping["train"], "out_dir": str(folder.parent), "name": folder.name}}
+    return load_config(mapping, overrides, source=source)
+
+
 class RecipeModule(nn.Module):
     """The trainable module of a recipe: the MLIC model plus whatever else the recipe trains."""
 
@@ -135,21 +159,8 @@ class Recipe:
 
     @classmethod
     def check(cls, cfg: Config) -> None:
-        head = HEADS.lookup(cfg.model.head)
-        missing = [o for o in cls.head_outputs if o not in head.outputs]
-        if missing:
-            fits = [name for name, h in HEADS.items() if all(o in h.outputs for o in cls.head_outputs)]
-            raise ConfigError(
-                f"recipe.name={cfg.recipe.name} needs {', '.join(missing)} from the head, which "
-                f"model.head={cfg.model.head} does not give; use model.head={' or '.join(fits)}"
-            )
-        unmet = [n for n in getattr(head, "needs", ()) if n not in cls.head_inputs]
-        if unmet:
-            givers = [name for name, r in RECIPES.items() if all(n in r.head_inputs for n in head.needs)]
-            raise ConfigError(
-                f"model.head={cfg.model.head} needs {', '.join(unmet)}, which recipe.name={cfg.recipe.name} "
-                f"does not give; use recipe.name={' or '.join(givers)}"
-            )
+        """Cross-field checks of this recipe's config, beyond the ranges its fields declare (checked when
+        the config loads) and the head's fit (checked before this, by the builder)."""
 
     @classmethod
     def stages(cls, cfg: Config, root: Path) -> list[Stage]:
@@ -179,8 +190,13 @@ class Recipe:
     def training_step(self, net: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, Term]:
         raise NotImplementedError
 
+    def setup(self, module: RecipeModule, ctx: StepContext) -> None:
+        """Build what the recipe derives from the trainable module (e.g. an EMA teacher of it), once, when
+        the module is initialised and on its device, before the first step or a resumed state is
+        loaded. `module` is the module itself, never a DDP or compiled wrapper."""
+
     def after_step(self, module: RecipeModule, ctx: StepContext) -> None:
-        """Called after every optimiser step."""
+        """Called after every optimiser step, with the module itself (unwrapped)."""
 
     def state_dict(self) -> dict:
         return {}

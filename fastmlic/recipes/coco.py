@@ -149,18 +149,6 @@ class CoCoModule(RecipeModule):
 class CoCo(Recipe):
     head_outputs = CooccurrenceHead.outputs
 
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        r = cfg.recipe
-        if r.num_steps < 1 or r.encoder_layers < 0 or r.decoder_layers < 1:
-            raise ConfigError(f"recipe.num_steps={r.num_steps}, recipe.encoder_layers={r.encoder_layers}, "
-                              f"recipe.decoder_layers={r.decoder_layers}: need num_steps >= 1, "
-                              "encoder_layers >= 0 and decoder_layers >= 1")  # fmt: skip
-        if r.temperature <= 0 or r.weight < 0 or not 0 <= r.dropout < 1:
-            raise ConfigError(f"recipe.temperature={r.temperature} must be positive, recipe.weight="
-                              f"{r.weight} not negative, recipe.dropout={r.dropout} in [0, 1)")  # fmt: skip
-
     def build_module(self, trained: dict | None = None) -> CoCoModule:
         r = self.cfg.recipe
         return CoCoModule(build_model(self.cfg.model, len(self.classes), encoder_layers=r.encoder_layers,

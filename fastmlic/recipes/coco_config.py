@@ -13,10 +13,18 @@ class CoCoConfig(RecipeConfig):
     """CoCo: ASL on the graph-refined logits + the contrastive co-occurrence term."""
 
     name: str = recipe_name("coco")
-    weight: float = option(1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)")
-    temperature: float = option(1.0, "temperature tau of the contrastive term")
-    num_steps: int = option(1, "gated graph network iterations over the predicted co-occurrence graph")
-    encoder_layers: int = option(2, "transformer layers over the image tokens (the official --dec-layers)")
-    decoder_layers: int = option(1, "transformer layers over the label queries (the official --enc-layers)")
-    feedforward: int = option(2048, "transformer feed-forward width (nn.Transformer's default, as the code)")
-    dropout: float = option(0.1, "transformer dropout")
+    weight: float = option(
+        1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)", low=0, zero="off"
+    )
+    temperature: float = option(1.0, "temperature tau of the contrastive term", above=0)
+    num_steps: int = option(1, "gated graph network iterations over the predicted co-occurrence graph", low=1)
+    encoder_layers: int = option(
+        2, "transformer layers over the image tokens (the official --dec-layers)", low=0
+    )
+    decoder_layers: int = option(
+        1, "transformer layers over the label queries (the official --enc-layers)", low=1
+    )
+    feedforward: int = option(
+        2048, "transformer feed-forward width (nn.Transformer's default, as the code)", low=1
+    )
+    dropout: float = option(0.1, "transformer dropout", low=0, below=1)

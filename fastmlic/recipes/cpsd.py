@@ -2,12 +2,13 @@
 Classification with Complementary Parallel Self-Distillation", IJCAI 2022; official code Robbie-Xu/CPSD,
 `partition/generate_with_adj.py` and `dis_B_cpsd.py`, read for this file).
 
-- Partitions (`fastmlic/partition.py`, re-exported here): CGP and DGP class parts by N-Cut of the
+- Partitions (`cpsd_partition.py`, re-exported here): CGP and DGP class parts by N-Cut of the
   conditional co-occurrence affinity, as `partition/generate_with_adj.py` computes it.
 - Teachers: ordinary `standard` runs restricted to one part's classes (`data.classes`), one per part,
   for CGP and for DGP.
-- The pipeline (`Recipe.stages`, run by `python -m fastmlic.psd --cfg psd_<dataset>`): partition ->
-  the 2K part teachers -> the student, each an ordinary run folder under runs/<preset>/.
+- The pipeline (`Recipe.stages`, run by `python -m fastmlic.pipeline --cfg psd_<dataset>`; how to run
+  the teachers in parallel: cpsd_config.py): partition -> the 2K part teachers -> the student, each an
+  ordinary run folder under runs/<preset>/.
 - Student (this recipe): every teacher frozen in the same step; each group's logits scattered back to
   the student's class positions by class name: t_cgp, t_dgp. Loss = 0.5 x ASL(student, y) +
   alpha x 0.5 x D(student, t_cgp) + (0.5 - alpha x 0.5) x D(student, t_dgp), D = summed MSE on logits
@@ -26,12 +27,18 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError, parse_overrides
 from ..data import split_json
 from ..errors import InputError
-
-# the partitions are the core's (`python -m fastmlic.partition`); public here as the recipe's first step
-from ..partition import MODES, affinity, import_published, partition_classes, read_partition, write_partition
-from ..pipeline import Stage, stage_config
 from ..shards.format import SplitInfo
-from .base import RECIPES, Recipe, Term
+from .base import RECIPES, Recipe, Stage, Term, stage_config
+
+# the partitions (tools/class_partitions.py writes them on their own): public here as the recipe's first step
+from .cpsd_partition import (
+    MODES,
+    affinity,
+    import_published,
+    partition_classes,
+    read_partition,
+    write_partition,
+)
 
 __all__ = ["MODES", "affinity", "distillation_loss", "import_published", "partition_classes",
            "read_partition", "scatter_teacher_logits", "write_partition"]  # fmt: skip
@@ -86,13 +93,7 @@ def distillation_loss(student_logits: torch.Tensor, cgp_logits: torch.Tensor, dg
 class CPSD(Recipe):
     @classmethod
     def check(cls, cfg) -> None:
-        super().check(cfg)
         r = cfg.recipe
-        if r.parts < 1:
-            raise ConfigError(f"recipe.parts={r.parts} must be at least 1")
-        if not 0 <= r.alpha <= 1 or r.temperature <= 0:
-            raise ConfigError(f"recipe.alpha={r.alpha} must be in [0, 1] and recipe.temperature="
-                              f"{r.temperature} positive")  # fmt: skip
         if cfg.loss.reduction != "sum":
             raise ConfigError("recipe.name=cpsd sums its distillation terms over the batch, as the original: "
                               "keep loss.reduction=sum so the terms keep their relative weights")  # fmt: skip
@@ -127,7 +128,7 @@ class CPSD(Recipe):
         r = self.cfg.recipe
         if not r.cgp_teachers or not r.dgp_teachers:
             raise ConfigError("recipe.cgp_teachers and recipe.dgp_teachers are empty: `python -m "
-                              "fastmlic.psd --cfg psd_<dataset>` trains the part teachers and then this "
+                              "fastmlic.pipeline --cfg psd_<dataset>` trains the part teachers and then this "
                               "student, or list a checkpoint per part in each")  # fmt: skip
         return {**{f"cgp{k}": p for k, p in enumerate(r.cgp_teachers)},
                 **{f"dgp{k}": p for k, p in enumerate(r.dgp_teachers)}}  # fmt: skip

@@ -11,15 +11,31 @@ from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 @RECIPE_CONFIGS.register("cpsd")
 @dataclass
 class CPSDConfig(RecipeConfig):
-    """CPSD's student: 0.5 x the classification loss + the distillation from both teacher groups."""
+    """CPSD's student: 0.5 x the classification loss + the distillation from both teacher groups.
+
+    `python -m fastmlic.pipeline --cfg psd_<dataset>` trains it in stages, each an ordinary run folder
+    under runs/<preset>/: `partition` writes the CGP and DGP class partitions, `cgp0`..`cgp{K-1}` and
+    `dgp0`..`dgp{K-1}` train one `standard` teacher on each part's classes, and `student` trains the
+    full-class model from all of them. The teachers are independent: start them at the same time on
+    separate GPUs or nodes (runs/<preset>/ on a shared filesystem), then the student:
+
+        python -m fastmlic.pipeline --cfg psd_mscoco --stage partition
+        CUDA_VISIBLE_DEVICES=0 python -m fastmlic.pipeline --cfg psd_mscoco --stage cgp0 &
+        CUDA_VISIBLE_DEVICES=1 python -m fastmlic.pipeline --cfg psd_mscoco --stage cgp1 &    # ... dgp4
+        python -m fastmlic.pipeline --cfg psd_mscoco --stage student
+
+    (`torchrun ... -m fastmlic.pipeline` runs each stage on all its processes.)
+    """
 
     name: str = recipe_name("cpsd")
     cgp_teachers: list[str] = option([], "checkpoints of the co-occurrence (CGP) part teachers, one per part")
     dgp_teachers: list[str] = option([], "checkpoints of the dis-occurrence (DGP) part teachers, one a part")
-    alpha: float = option(0.5, "share of the distillation weight on the CGP teachers (0.5: equal)")
+    alpha: float = option(
+        0.5, "share of the distillation weight on the CGP teachers (0.5: equal)", low=0, high=1
+    )
     metric: Literal["mse", "kl"] = option("mse", "distillation distance on logits: mse (summed) or kl")
-    temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)")
-    parts: int = option(5, "pipeline: class parts K of each partition (K CGP and K DGP teachers)")
+    temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)", above=0)
+    parts: int = option(5, "pipeline: class parts K of each partition (K CGP and K DGP teachers)", low=1)
     partition_seed: int = option(0, "pipeline: spectral clustering seed of the partitions")
     cgp_partition: str = option("", "pipeline: use this partition file for CGP (empty: computed)")
     dgp_partition: str = option("", "pipeline: use this partition file for DGP (empty: computed)")

@@ -46,8 +46,7 @@ from ..distributed import gather_with_grad
 from ..errors import InputError
 from ..kernels import supcon_loss
 from ..models import HEADS, Features
-from ..pipeline import Stage, stage_config
-from .base import RECIPES, DataRequest, Recipe, RecipeModule, Term
+from .base import RECIPES, DataRequest, Recipe, RecipeModule, Stage, Term, stage_config
 
 # --------------------------------------------------------------------------- both stages in one pipeline
 
@@ -57,7 +56,6 @@ from .base import RECIPES, DataRequest, Recipe, RecipeModule, Term
 # two's batch holds two views of each image, so the presets give stage one its own batch size.
 FIRST_STAGE_SECTIONS = ("loss", "optim", "ema", "recipe")
 FIRST_STAGE_KEYS = {"data": ("batch_size",), "train": ("epochs", "init_from")}
-_LOADING: set[str] = set()  # the first_stage presets being loaded: a chain that names itself stops
 
 
 def first_stage_preset(cfg: Config) -> Config:
@@ -65,15 +63,10 @@ def first_stage_preset(cfg: Config) -> Config:
     name = cfg.recipe.first_stage
     if cfg.recipe.stage != 2:
         raise ConfigError(f"recipe.first_stage={name!r} is for recipe.stage=2 (it names the stage before it)")
-    if name in _LOADING:
-        raise ConfigError(f"recipe.first_stage={name!r} leads back to itself")
-    _LOADING.add(name)
     try:
-        first = load_config(name)
+        first = load_config(name)  # a stage one has no first_stage of its own: no chain to follow
     except (ConfigError, FileNotFoundError) as e:
         raise ConfigError(f"recipe.first_stage={name!r}: {e}") from None
-    finally:
-        _LOADING.discard(name)
     if first.recipe.name != "mulcon" or first.recipe.stage != 1:
         raise ConfigError(f"recipe.first_stage={name!r} is recipe {first.recipe.name}"
                           f"{f' stage {first.recipe.stage}' if first.recipe.name == 'mulcon' else ''}; "
@@ -236,10 +229,7 @@ class MulCon(Recipe):
 
     @classmethod
     def check(cls, cfg) -> None:
-        super().check(cfg)
         r = cfg.recipe
-        if r.stage not in (1, 2):
-            raise ConfigError(f"recipe.stage={r.stage} must be 1 or 2")
         if r.init_ema and not (r.stage == 2 and cfg.train.init_from):
             raise ConfigError("recipe.init_ema needs recipe.stage=2 and train.init_from (stage 1's last.pt)")
         if r.first_stage:

@@ -13,10 +13,14 @@ class MulConConfig(RecipeConfig):
     """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
 
     name: str = recipe_name("mulcon")
-    stage: int = option(2, "1: classification only; 2: + the contrastive term on two views (from stage 1)")
-    weight: float = option(0.5, "stage 2: weight of the contrastive term (the classification term has 1)")
-    temperature: float = option(0.2, "stage 2: temperature of the contrastive term")
-    proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space")
+    stage: int = option(
+        2, "1: classification only; 2: + the contrastive term on two views (from stage 1)", choices=(1, 2)
+    )
+    weight: float = option(
+        0.5, "stage 2: weight of the contrastive term (the classification term has 1)", low=0
+    )
+    temperature: float = option(0.2, "stage 2: temperature of the contrastive term", above=0)
+    proj_dim: int = option(128, "stage 2: width of the projector's output, the contrastive space", low=1)
     init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
     first_stage: str = option(
         "",

@@ -19,14 +19,21 @@ class OASSConfig(RecipeConfig):
 
     name: str = recipe_name("oass")
     keypoint: str = option("cmax", f"key-point strategy on the teacher's CAMs: {' | '.join(STRATEGIES)}")
-    topk: int = option(3, "ctopk, ctopk_w: local maxima per class whose centre is the key point")
-    teacher_decay: float = option(0.999, "decay of the EMA teacher that gives key points, patches, instances")
-    patch_scale: float = option(0.5, "side of an object-centred patch as a fraction of the image side")
-    pieces: int = option(4, "Puzzle-CAM's tiles per image, a square number (4: 2 x 2)")
-    alpha_p: float = option(0.5, "weight of the merged tiles' classification term (Puzzle-CAM's pcl)")
-    alpha_re: float = option(3.0, "final weight of the reconstruction term (full CAMs vs merged tile CAMs)")
-    alpha_schedule_re: float = option(
-        0.05, "part of training over which the re weight rises from 0 (0: no ramp)"
+    topk: int = option(3, "ctopk, ctopk_w: local maxima per class whose centre is the key point", low=1)
+    teacher_decay: float = option(
+        0.999, "decay of the EMA teacher that gives key points, patches, instances", low=0, below=1
     )
-    alpha_ss: float = option(1.0, "weight of the object-aware patch consistency term (ours: no paper value)")
-    alpha_csi: float = option(1.0, "weight of the class-specific instance term (ours: no paper value)")
+    patch_scale: float = option(
+        0.5, "side of an object-centred patch as a fraction of the image side", above=0, high=1
+    )
+    pieces: int = option(4, "Puzzle-CAM's tiles per image, a square number (4: 2 x 2)")
+    alpha_p: float = option(0.5, "weight of the merged tiles' classification term (Puzzle-CAM's pcl)", low=0)
+    alpha_re: float = option(
+        3.0, "final weight of the reconstruction term (full CAMs vs merged tile CAMs)", low=0
+    )
+    alpha_schedule_re: float = option(
+        0.05, "part of training over which the re weight rises from 0 (0: no ramp)", low=0, high=1)
+    alpha_ss: float = option(
+        1.0, "weight of the object-aware patch consistency term (ours: no paper value)", low=0
+    )
+    alpha_csi: float = option(1.0, "weight of the class-specific instance term (ours: no paper value)", low=0)

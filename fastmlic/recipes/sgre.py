@@ -30,8 +30,8 @@ from torch import nn
 
 from ..config import ConfigError
 from ..models import HEADS, Features, build_model
-from ..text_embeddings import BACKENDS, command_for, embeddings_path, read_label_embeddings
 from .base import RECIPES, Recipe, RecipeModule, Term
+from .sgre_embeddings import BACKENDS, command_for, embeddings_path, read_label_embeddings
 
 
 def sine_positions(grid: tuple[int, int], dim: int, device=None) -> torch.Tensor:
@@ -154,15 +154,6 @@ class SemanticHead(nn.Module):
 class SGRE(Recipe):
     head_outputs = ("logits", "label_logits")
     head_inputs = ("embeddings",)
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        r = cfg.recipe
-        if r.temperature <= 0 or r.weight < 0 or r.layers < 0 or r.attention_dim < 1:
-            raise ConfigError(f"recipe.temperature={r.temperature} must be positive, recipe.weight="
-                              f"{r.weight} and recipe.layers={r.layers} not negative, recipe.attention_dim="
-                              f"{r.attention_dim} at least 1")  # fmt: skip
 
     def embeddings_file(self) -> tuple[Path, str]:
         """The embeddings file `recipe.embeddings` names, and the command that writes it."""

@@ -18,11 +18,13 @@ class SGREConfig(RecipeConfig):
         "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "
         "tools/label_embeddings.py) or a .npy path",
     )
-    weight: float = option(1.0, "weight of the ASL term on the label-attention logits (official lamda)")
-    temperature: float = option(1.0, "temperature of the label attention over pixels (official tau)")
+    weight: float = option(
+        1.0, "weight of the ASL term on the label-attention logits (official lamda)", low=0
+    )
+    temperature: float = option(1.0, "temperature of the label attention over pixels (official tau)", above=0)
     position: bool = option(False, "sine positional encoding on the tokens' queries, keys (official --pos)")
-    layers: int = option(1, "transformer encoder layers over the tokens")
-    attention_dim: int = option(1024, "hidden width of the low-rank bilinear label attention")
-    feedforward: int = option(2048, "encoder feed-forward width")
-    dropout: float = option(0.1, "encoder dropout")
+    layers: int = option(1, "transformer encoder layers over the tokens", low=0)
+    attention_dim: int = option(1024, "hidden width of the low-rank bilinear label attention", low=1)
+    feedforward: int = option(2048, "encoder feed-forward width", low=1)
+    dropout: float = option(0.1, "encoder dropout", low=0, below=1)
     pre_norm: bool = option(False, "norm before attention and feed-forward (official --normalize-before)")

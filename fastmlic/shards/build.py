@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import Sample, SplitListing
 from ..errors import InputError
 from .format import (
     IGNORE_EXT,
@@ -34,6 +33,7 @@ from .format import (
     write_atomic,
 )
 from .images import BadImage, prepare_image
+from .listing import Sample, SplitListing
 from .writer import ShardSample, is_complete, read_labels, write_shard
 
 
@@ -42,6 +42,16 @@ class ImageOptions:
     max_side: int | None = None
     quality: int = 95
     check: str = "decode"  # or "structure": see images.prepare_image
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a split is written (the same for every split of a shard set)."""
+
+    shard_size: int = 1000  # samples per shard
+    image: ImageOptions = ImageOptions()
+    workers: int = 1  # processes that prepare images
+    overwrite: bool = False  # rewrite shards written with other settings
 
 
 @dataclass
@@ -70,6 +80,7 @@ def _prepare(job: tuple[int, Path | bytes, ImageOptions]) -> tuple[int, bytes | 
 
 
 def _plan(listing: SplitListing, shard_size: int, options: ImageOptions, order: list[int]) -> dict:
+    """What fixes the split's contents: a re-run with the same plan resumes, with another it stops."""
     digest = hashlib.sha256()
     for i in order:
         s = listing.samples[i]
@@ -152,26 +163,11 @@ def _prepared(samples: list[Sample], positions: list[int], options: ImageOptions
     return pool.imap(_prepare, jobs, chunksize=16) if pool is not None else map(_prepare, jobs)
 
 
-def build_split(
-    listing: SplitListing,
-    out_dir: Path,
-    split: str,
-    *,
-    dataset: str,
-    shard_size: int = 1000,
-    options: ImageOptions = ImageOptions(),
-    workers: int = 1,
-    shuffle_seed: int | None = None,
-    source: dict[str, str] | None = None,
-    overwrite: bool = False,
-    progress: Callable[[int], None] = lambda n: None,
-) -> SplitReport:
-    """Write `listing` as `out_dir/split-NNNNNN.tar` shards and `out_dir/split.json`."""
-    out_dir = Path(out_dir)
+def _check_listing(listing: SplitListing, split: str, dataset: str) -> None:
+    """Samples to write, each under a key DALI and webdataset can read, once."""
     if not listing.samples:  # an empty split would only fail later, inside a loader
         dropped = ", ".join(f"{n} {why}" for why, n in listing.dropped.items()) or "none listed"
         raise InputError(f"split '{split}' of {dataset} has no samples to write (dropped: {dropped})")
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = [s.key for s in listing.samples]
     for key in keys:
         check_key(key)
@@ -179,99 +175,128 @@ def build_split(
     if duplicates:
         raise InputError(f"split '{split}' has {len(duplicates)} duplicate keys (first: {duplicates[:3]})")
 
-    order = list(range(len(listing.samples)))
-    if shuffle_seed is not None:  # shuffle once at write time so readers can stream shards in order
-        order = [int(i) for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
-    plan = _plan(listing, shard_size, options, order)
-    plan_path = _check_plan(out_dir, split, plan, overwrite)
 
-    num_classes = len(listing.classes)
-    stats = LabelStats(num_classes)
-    report_path = out_dir / f"{split}.skipped.tsv"
-    # per shard: why images were re-encoded and which were skipped, saved as each shard lands, so a
-    # resumed run reports what the interrupted one found in the shards it keeps
-    journal_path = out_dir / f".{split}.journal.json"
-    journal = json.loads(journal_path.read_text()) if journal_path.is_file() and not overwrite else {}
-    report = SplitReport(split, None, split_json_path(out_dir, split))  # type: ignore[arg-type]
-    entries, reencoded = [], Counter()
-    chunks = _chunks(order, shard_size)
-    complete = {i for i in range(len(chunks)) if is_complete(out_dir / f"{shard_name(split, i)}.tar")}
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+class _SplitWriter:
+    """Writes one split's shards in order, or takes the complete ones a previous run left, and gathers
+    what SPLIT.json says of them: entries, label statistics, re-encodes and skipped images. A journal
+    beside the shards records each finished shard's re-encodes and skipped images as it lands, so a
+    resumed run reports what the interrupted one found in the shards it keeps."""
+
+    def __init__(self, listing: SplitListing, out_dir: Path, split: str, overwrite: bool):
+        self.listing, self.out_dir, self.split = listing, out_dir, split
+        self.stats = LabelStats(len(listing.classes))
+        self.journal_path = out_dir / f".{split}.journal.json"
+        journal = self.journal_path
+        self.journal = json.loads(journal.read_text()) if journal.is_file() and not overwrite else {}
+        self.entries: list[ShardEntry] = []
+        self.reencoded: Counter[str] = Counter()
+        self.bad: list[tuple[str, str, str, str]] = []  # (shard, key, source, reason)
+        self.written = self.reused = 0
+
+    def reuse(self, name: str) -> int:
+        """Take a complete shard as it is: its labels into the statistics, its journal into the report."""
+        tar_path = self.out_dir / f"{name}.tar"
+        count = self.stats.add_shard(tar_path)
+        done = self.journal.get(name, {})
+        self.reencoded.update(done.get("reencoded", {}))
+        self.bad += [tuple(b) for b in done.get("bad", [])]
+        self.entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", count, tar_path.stat().st_size))
+        self.reused += 1
+        return count
+
+    def write(self, name: str, results, progress: Callable[[int], None]) -> None:
+        """One shard from its samples' prepared images (`results`: `_prepare`'s, in order)."""
+        listing, num_classes = self.listing, len(self.listing.classes)
+        written, bad, reencoded = [], [], Counter()
+        for position, jpeg, reason, error in results:
+            s = listing.samples[position]
+            progress(1)
+            if error is not None:
+                bad.append((name, s.key, str(s.image) if isinstance(s.image, Path) else "<generated>", error))
+                continue
+            if reason:
+                reencoded[reason] += 1
+            label = encode_multi_hot(s.positives, num_classes)
+            members = [(IMAGE_EXT, jpeg if jpeg is not None else s.read()), (LABEL_EXT, label)]
+            ignore_row = None
+            if listing.has_ignore:
+                members.append((IGNORE_EXT, encode_multi_hot(s.ignored, num_classes)))
+                ignore_row = np.frombuffer(members[-1][1], np.uint8)
+            self.stats.add(np.frombuffer(label, np.uint8), ignore_row)
+            written.append(ShardSample(s.key, tuple(members)))
+        size = write_shard(self.out_dir / f"{name}.tar", written)
+        self.journal[name] = {"reencoded": dict(reencoded), "bad": bad}
+        write_atomic(self.journal_path, json.dumps(self.journal).encode())
+        self.reencoded.update(reencoded)
+        self.bad += bad
+        self.entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(written), size))
+        self.written += 1
+
+    def dropped(self) -> dict[str, int]:
+        """Samples left out, by reason: the reader's conventions, then the images that could not be read
+        (listed one per line in SPLIT.skipped.tsv)."""
+        dropped = dict(self.listing.dropped)
+        tsv = self.out_dir / f"{self.split}.skipped.tsv"
+        if self.bad:
+            dropped["corrupt image"] = dropped.get("corrupt image", 0) + len(self.bad)
+            rows = ["shard\tkey\tsource\treason"] + ["\t".join(b) for b in self.bad]
+            write_atomic(tsv, ("\n".join(rows) + "\n").encode())
+        elif tsv.exists():
+            tsv.unlink()
+        if not any(e.num_samples for e in self.entries):
+            raise InputError(f"split '{self.split}': no image could be written ({dropped}); see {tsv}")
+        return dropped
+
+
+def build_split(
+    listing: SplitListing,
+    out_dir: Path,
+    split: str,
+    *,
+    dataset: str,
+    options: WriteOptions = WriteOptions(),
+    shuffle_seed: int | None = None,
+    source: dict[str, str] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> SplitReport:
+    """Write `listing` as `out_dir/split-NNNNNN.tar` shards and `out_dir/split.json`; a training split is
+    shuffled once here (`shuffle_seed`) so readers can stream its shards in order."""
+    out_dir = Path(out_dir)
+    _check_listing(listing, split, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = list(range(len(listing.samples)))
+    if shuffle_seed is not None:
+        order = [int(i) for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
+    plan = _plan(listing, options.shard_size, options.image, order)
+    plan_path = _check_plan(out_dir, split, plan, options.overwrite)
+    chunks = _chunks(order, options.shard_size)
+    names = [shard_name(split, i) for i in range(len(chunks))]
+    complete = {i for i, name in enumerate(names) if is_complete(out_dir / f"{name}.tar")}
+    writer = _SplitWriter(listing, out_dir, split, options.overwrite)
+    pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
     try:
         todo = [i for index, chunk in enumerate(chunks) if index not in complete for i in chunk]
-        results = _prepared(listing.samples, todo, options, pool)
-        for index, chunk in enumerate(chunks):
-            name = shard_name(split, index)
-            tar_path = out_dir / f"{name}.tar"
+        results = _prepared(listing.samples, todo, options.image, pool)
+        for index, (name, chunk) in enumerate(zip(names, chunks, strict=True)):
             if index in complete:
-                count = stats.add_shard(tar_path)
-                done = journal.get(name, {})
-                reencoded.update(done.get("reencoded", {}))
-                report.bad += [tuple(b) for b in done.get("bad", [])]
-                entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", count, tar_path.stat().st_size))
-                report.shards_reused += 1
+                writer.reuse(name)
                 progress(len(chunk))
-                continue
-            written, shard_bad, shard_reencoded = [], [], Counter()
-            for position, jpeg, reason, error in itertools.islice(results, len(chunk)):
-                s = listing.samples[position]
-                progress(1)
-                if error is not None:
-                    shard_bad.append(
-                        (name, s.key, str(s.image) if isinstance(s.image, Path) else "<generated>", error)
-                    )
-                    continue
-                if reason:
-                    shard_reencoded[reason] += 1
-                label = encode_multi_hot(s.positives, num_classes)
-                members = [(IMAGE_EXT, jpeg if jpeg is not None else s.read()), (LABEL_EXT, label)]
-                ignore_row = None
-                if listing.has_ignore:
-                    members.append((IGNORE_EXT, encode_multi_hot(s.ignored, num_classes)))
-                    ignore_row = np.frombuffer(members[-1][1], np.uint8)
-                stats.add(np.frombuffer(label, np.uint8), ignore_row)
-                written.append(ShardSample(s.key, tuple(members)))
-            size = write_shard(tar_path, written)
-            journal[name] = {"reencoded": dict(shard_reencoded), "bad": shard_bad}
-            write_atomic(journal_path, json.dumps(journal).encode())
-            reencoded.update(shard_reencoded)
-            report.bad += shard_bad
-            entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(written), size))
-            report.shards_written += 1
+            else:
+                writer.write(name, itertools.islice(results, len(chunk)), progress)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-
-    dropped = dict(listing.dropped)
-    if report.bad:
-        dropped["corrupt image"] = dropped.get("corrupt image", 0) + len(report.bad)
-    if report.bad:
-        rows = ["shard\tkey\tsource\treason"] + ["\t".join(b) for b in report.bad]
-        write_atomic(report_path, ("\n".join(rows) + "\n").encode())
-    elif report_path.exists():
-        report_path.unlink()
-    if not any(e.num_samples for e in entries):
-        raise InputError(f"split '{split}' of {dataset}: no image could be written ({dropped}); "
-                         f"see {report_path}")  # fmt: skip
     info = SplitInfo(
-        dataset=dataset,
-        split=split,
-        classes=list(listing.classes),
-        num_samples=sum(e.num_samples for e in entries),
-        shards=entries,
-        has_ignore=listing.has_ignore,
-        positives=stats.positives.tolist(),
-        ignored=stats.ignored.tolist(),
-        cooccurrence=stats.cooccurrence.tolist(),
-        labels_per_image=stats.labels_per_image(),
-        dropped=dropped,
-        reencoded=dict(reencoded),
-        source={"conventions": listing.conventions, **(source or {})},
-        plan=plan,
-        image_check=options.check,
-    )
-    info.save(report.json_path)
+        dataset=dataset, split=split, classes=list(listing.classes),
+        num_samples=sum(e.num_samples for e in writer.entries), shards=writer.entries,
+        has_ignore=listing.has_ignore, positives=writer.stats.positives.tolist(),
+        ignored=writer.stats.ignored.tolist(), cooccurrence=writer.stats.cooccurrence.tolist(),
+        labels_per_image=writer.stats.labels_per_image(), dropped=writer.dropped(),
+        reencoded=dict(writer.reencoded), source={"conventions": listing.conventions, **(source or {})},
+        plan=plan, image_check=options.image.check,
+    )  # fmt: skip
+    json_path = split_json_path(out_dir, split)
+    info.save(json_path)
     plan_path.unlink()
-    report.info = info
-    return report
+    return SplitReport(split, info, json_path, writer.written, writer.reused, writer.bad)

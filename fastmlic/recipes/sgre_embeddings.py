@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingInput, MissingPackage
+from ..errors import InputError, MissingInput, MissingPackage
 
 BACKENDS = ("minilm", "bert", "glove", "random")
 BERT_MODEL = "bert-base-uncased"
