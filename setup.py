@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastmlic", "fastmlic.*"]) + ["fastmlic.kernels"],
     package_dir={"fastmlic.kernels": "kernels"},
-    package_data={"fastmlic": ["configs/*.yaml"]},
+    package_data={"fastmlic": ["configs/*.yaml", "recipes/cpsd_published/*.json"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

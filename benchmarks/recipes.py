@@ -47,7 +47,8 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "coco": ("coco_digits", [], None),
     "coco/no-contrastive": ("coco_digits", ["--recipe.weight=0"], None),  # the same head, ASL alone
     "sgre": ("sgre_digits", [], None),
-    "sgre/random-embeddings": ("sgre_digits", ["--recipe.embeddings=random"], None),  # no semantics
+    # the paper's ablation: learned class embeddings from a random start, no names
+    "sgre/random-embeddings": ("sgre_digits", ["--recipe.embeddings=random"], None),
     "cpsd": ("psd_digits", [], None),  # a pipeline: K = 2 CGP + 2 DGP teachers, then the student
     # the CAM head alone (64 px, stride 16, BCE mean: what oass_digits trains with), then OASS, then
     # OASS without its own two terms (Puzzle-CAM's losses only)
@@ -56,7 +57,7 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     "oass": ("oass_digits", [], None),
     "oass/puzzle-cam": ("oass_digits", ["--recipe.alpha_ss=0", "--recipe.alpha_csi=0"], None),
 }
-EMBEDDINGS = {"sgre": "minilm", "sgre/random-embeddings": "random"}  # rows that read class-name embeddings
+EMBEDDINGS = {"sgre": "minilm"}  # rows that read class-name embeddings from a file
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly
 
 
@@ -77,12 +78,23 @@ def write_embeddings(shards: Path, backend: str) -> None:
 def final_run(config: str, args: list[str]) -> Path | None:
     """The last run folder of a preset whose recipe has several stages, relative to its pipeline folder;
     None for a recipe of one run (trained by fastmlic/train.py)."""
+    from fastmlic.builder import check_recipe
     from fastmlic.config import load_config
     from fastmlic.recipes.base import RECIPES
 
     cfg = load_config(config, args)
+    check_recipe(cfg)
     stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, Path())
     return stages[-1].folder if len(stages) > 1 else None
+
+
+def narrow_head(config: str, args: list[str]) -> list[str]:
+    """--quick's narrow head, for the heads whose width model.embed_dim sets (the others refuse it)."""
+    from fastmlic.config import load_config
+    from fastmlic.models import HEADS
+
+    head = HEADS.lookup(load_config(config, args).model.head)
+    return ["--model.embed_dim=64"] if "embed_dim" in head.model_keys else []
 
 
 def run_row(work: Path, name: str, args: list[str]) -> dict:
@@ -127,7 +139,7 @@ def main() -> None:
     epochs, budget = args.epochs, []
     if args.quick:
         epochs = 1
-        budget = ["--data.image_size=32", "--data.batch_size=32", "--data.workers=0", "--model.embed_dim=64",
+        budget = ["--data.image_size=32", "--data.batch_size=32", "--data.workers=0",
                   f"--data.shards={work / 'shards'}"]  # fmt: skip
     commands, chains = {}, {}  # a row that continues another runs after it, in its chain
     for name in rows:
@@ -138,7 +150,8 @@ def main() -> None:
             start_from = [f"--train.init_from={work / continues.replace('/', '-') / 'last.pt'}"]
         else:
             start_from = [f"--train.epochs={epochs}"]
-        commands[name] = ["--cfg", config, *SAME_FOR_ALL, *budget, *row_args, *start_from, *overrides]
+        row_budget = budget + (narrow_head(config, row_args) if args.quick else [])
+        commands[name] = ["--cfg", config, *SAME_FOR_ALL, *row_budget, *row_args, *start_from, *overrides]
         chains.setdefault(continues or name, []).append(name)
     if args.dry_run:
         for name in rows:

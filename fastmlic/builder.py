@@ -6,6 +6,7 @@ functions, and evaluation, prediction, reports and the benchmarks rebuild a chec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,21 +14,26 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, class_difference, file_sha256, load_checkpoint, load_weights
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, ModelConfig, load_config
 from .data import Batch, build_loader, split_json
 from .distributed import Dist
 from .engine import TrainParts, autocast, combine_terms, resolve_amp
 from .errors import InputError
 from .models import HEADS
+from .models.hub import weights_source
 from .optim import build_optimizer, build_scheduler
 from .recipes.base import RECIPES, DataRequest, Recipe, RecipeModule, StepContext
 from .registry import UnknownName
 
+HEAD_KEYS = ("drop_rate", "embed_dim", "heads")  # the model section's keys that only some heads read
+HEAD_DEFAULTS = {k: getattr(ModelConfig(), k) for k in HEAD_KEYS}
+
 
 def check_recipe(cfg: Config) -> None:
-    """That `model.head` is a known head that gives what the recipe reads and needs nothing the recipe
-    does not give, and the recipe's own cross-field checks. Made before anything of a run is built (they
-    import the recipes' training code, so `--help`, which loads configs only, leaves them out)."""
+    """That `model.head` is a known head that gives what the recipe reads, needs nothing the recipe does
+    not give and reads every head key set away from its default; and the recipe's own cross-field
+    checks. Made before anything of a run is built (they import the recipes' training code, so
+    `--help`, which loads configs only, leaves them out)."""
     try:
         head = HEADS.lookup(cfg.model.head)
         recipe = RECIPES.lookup(cfg.recipe.name)  # a config registered without its training code
@@ -43,7 +49,20 @@ def check_recipe(cfg: Config) -> None:
         givers = [name for name, r in RECIPES.items() if all(n in r.head_inputs for n in head.needs)]
         raise ConfigError(f"model.head={cfg.model.head} needs {', '.join(unmet)}, which recipe.name="
                           f"{cfg.recipe.name} does not give; use recipe.name={' or '.join(givers)}")
+    unused = [k for k in HEAD_KEYS if k not in head.model_keys and getattr(cfg.model, k) != HEAD_DEFAULTS[k]]
+    if unused:
+        reads = ", ".join(f"model.{k}" for k in head.model_keys) or "none of them"
+        raise ConfigError(f"{', '.join(f'model.{k}={getattr(cfg.model, k)}' for k in unused)}: model.head="
+                          f"{cfg.model.head} does not use it (of {', '.join(HEAD_KEYS)} it reads {reads}); "
+                          "leave it out")  # fmt: skip
     recipe.check(cfg)
+
+
+def check_weights(cfg: Config) -> None:
+    """That the ImageNet weights `model.pretrained` asks for can be had (cached, or the hub answers), in
+    seconds and before any data is read; a run started from a checkpoint (`train.init_from`) needs none."""
+    if cfg.model.pretrained and not cfg.model.pretrained_path and not cfg.train.init_from:
+        weights_source(cfg.model.backbone)
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
@@ -52,6 +71,14 @@ def memory_format(cfg: Config) -> torch.memory_format:
 
 def build_recipe(cfg: Config, classes: list[str]) -> Recipe:
     return RECIPES.lookup(cfg.recipe.name)(cfg, classes)
+
+
+def weights_from_checkpoint(cfg: Config) -> Config:
+    """`cfg` for building a module whose weights a checkpoint then replaces (`train.init_from`,
+    inference): ImageNet weights are not fetched, only to be overwritten (and an offline machine can
+    evaluate a run that started from them)."""
+    model = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None)
+    return dataclasses.replace(cfg, model=model)
 
 
 def build_loaders(cfg: Config, dist: Dist, request: DataRequest):
@@ -88,7 +115,7 @@ def load_for_inference(path: str | Path, overrides: list[str], device: torch.dev
     ckpt = load_checkpoint(path)
     cfg = load_config(ckpt.config, overrides, source=f"{path} (its config)")
     check_recipe(cfg)
-    module = build_recipe(cfg, ckpt.classes).build_module(trained=ckpt.model)
+    module = build_recipe(weights_from_checkpoint(cfg), ckpt.classes).build_module(trained=ckpt.model)
     load_weights(module, ckpt.model, ckpt.classes, ckpt.classes, [], str(path))
     module = module.to(device, memory_format=memory_format(cfg)).eval()
     return Inference(module, cfg, ckpt, resolve_amp(cfg.train.amp, device))

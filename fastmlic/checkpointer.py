@@ -5,6 +5,7 @@ what `--resume` may change and loads back.
                                `train.keep_checkpoints` are kept (an older one goes only once a newer
                                one is complete)
     RUN/last.pt                the newest end-of-epoch state: a hard link to its step file
+    RUN/epochs/epoch-N.pt      the end-of-epoch states of `train.keep_epochs`, kept (hard links too)
     RUN/best.pt                the best weights by headline mAP, raw or EMA (`source` says which)
 
 A resume loads the newest state that reads (an unreadable one is reported by name and the next older
@@ -31,7 +32,7 @@ from .config import Config
 from .distributed import Dist, all_gather_objects, all_reduce_sum
 from .engine import EpochProgress, TrainParts
 from .errors import InputError, MissingInput
-from .run import RunDir, RunFolderError, describe_os_error, resumable
+from .run import RunDir, RunFolderError, describe_os_error, epoch_state, resumable
 
 # keys that may differ on --resume: they change how the job runs, not what it computes
 OPERATIONAL_KEYS = {
@@ -117,7 +118,10 @@ class Checkpointer:
         path = self.run.save(f"checkpoints/step-{state.step:08d}.pt", captured)
         if self.dist.is_main:
             if progress is None:
-                self._link_last(path)
+                self._link(path, self.run.path / "last.pt")
+                if state.epoch in self.cfg.train.keep_epochs:
+                    (self.run.path / "epochs").mkdir(exist_ok=True)
+                    self._link(path, epoch_state(self.run.path, state.epoch))
             for old in self.training_states()[self.cfg.train.keep_checkpoints :]:
                 with contextlib.suppress(OSError):
                     old.unlink()
@@ -141,8 +145,10 @@ class Checkpointer:
             data=self.split_sizes(),
         )  # fmt: skip
 
-    def _link_last(self, path: Path) -> None:
-        link = self.run.path / ".last.pt.link"
+    @staticmethod
+    def _link(path: Path, target: Path) -> None:
+        """`target` becomes `path` too: a hard link, so rotating `path` away keeps the file."""
+        link = target.with_name(f".{target.name}.link")
         try:
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
@@ -150,11 +156,11 @@ class Checkpointer:
                 os.link(path, link)
             except OSError:  # a filesystem without hard links: a copy
                 shutil.copyfile(path, link)
-            os.replace(link, self.run.path / "last.pt")
+            os.replace(link, target)
         except OSError as e:
             with contextlib.suppress(OSError):
                 link.unlink()
-            raise RunFolderError(describe_os_error(self.run.path / "last.pt", e)) from None
+            raise RunFolderError(describe_os_error(target, e)) from None
 
     def split_sizes(self) -> dict[str, int]:
         """What a checkpoint records of the data, so a resume can tell moved shards from other ones."""

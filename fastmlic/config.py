@@ -206,6 +206,10 @@ class TrainConfig:
     patience: int = option(
         0, "stop when the headline mAP has not improved for this many epochs (0: never)", low=0, zero="never"
     )
+    result: Literal["best", "final"] = option(
+        "best", "what best.pt holds: the epoch with the best headline mAP on the validation split, or the "
+        "final epoch's weights (what a method's own test command reports when it evaluates a fixed epoch)"
+    )
     select_from: Literal["both", "raw", "ema"] = option(
         "both", "weights that count for best.pt and early stopping: the better of raw and EMA, or one"
     )
@@ -221,6 +225,10 @@ class TrainConfig:
     checkpoint_every_minutes: float = option(
         30.0, "also save a resumable checkpoint when this many minutes have passed since the last (0: off)",
         low=0, zero="off",
+    )
+    keep_epochs: list[int] = option(
+        [], "also keep these epochs' end-of-epoch states as RUN/epochs/epoch-NNN.pt (a later stage starts "
+        "from one)", low=1
     )
     keep_checkpoints: int = option(
         2, "training states kept in RUN/checkpoints (last.pt is kept besides)", low=1
@@ -495,6 +503,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.classes names {', '.join(duplicates)} more than once")
     if t.select_from == "ema" and not cfg.ema.enabled:
         raise ConfigError("train.select_from=ema needs ema.enabled=true")
+    if t.result == "final" and t.patience:
+        raise ConfigError("train.result=final reports the last epoch: train.patience would end training on "
+                          "an epoch nobody chose; set one of them")  # fmt: skip
     if m.embed_dim % m.heads:
         raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by model.heads={m.heads}")
     if m.pretrained and m.pretrained_path:

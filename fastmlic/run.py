@@ -7,6 +7,7 @@ checkpoints are written, kept and resumed from is fastmlic/checkpointer.py's.
     RUN/log.txt               what was printed, warnings and errors included
     RUN/checkpoints/step-*.pt full training states, mid-epoch and end-of-epoch; the newest K are kept
     RUN/last.pt               the newest end-of-epoch state (a hard link to its step file)
+    RUN/epochs/epoch-N.pt     the end-of-epoch states of train.keep_epochs, kept
     RUN/best.pt               the best weights by headline mAP, raw or EMA (the file says which)
     RUN/summary.json          the end-of-invocation summary; `finished` is false after train.stop_after
 """
@@ -38,6 +39,11 @@ class RunFolderError(UserError):
 def resumable(path: Path) -> bool:
     """Whether RUN holds a training state to continue from."""
     return (path / "last.pt").is_file() or any((path / "checkpoints").glob("step-*.pt"))
+
+
+def epoch_state(run: Path, epoch: int) -> Path:
+    """Where `train.keep_epochs` keeps the state at the end of `epoch` (1-based, as epochs are counted)."""
+    return run / "epochs" / f"epoch-{epoch:03d}.pt"
 
 
 def _write_atomically(path: Path, data: bytes | memoryview) -> None:

@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .builder import build_loaders, build_module, build_parts, check_recipe, wrap_for_training
+from .builder import (
+    build_loaders,
+    build_module,
+    build_parts,
+    check_recipe,
+    check_weights,
+    weights_from_checkpoint,
+    wrap_for_training,
+)
 from .checkpoint import TrainState
 from .checkpointer import Checkpointer, check_resume
 from .config import Config
@@ -51,6 +59,7 @@ class Trainer:
         self.cfg, self.dist = cfg, dist
         t = cfg.train
         check_recipe(cfg)
+        check_weights(cfg)
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
@@ -64,7 +73,7 @@ class Trainer:
         request = recipe_type.data_request(cfg)
         self.train_loader, self.val_loader = build_loaders(cfg, dist, request)
         self.classes = self.train_loader.info.classes
-        self.recipe = recipe_type(cfg, self.classes)
+        self.recipe = recipe_type(weights_from_checkpoint(cfg) if t.init_from else cfg, self.classes)
         self.steps_per_epoch = -(-len(self.train_loader) // cfg.optim.accumulate)
         self.ctx = StepContext(step=0, epoch=0, total_steps=t.epochs * self.steps_per_epoch,
                                device=dist.device, amp=self.amp, rank=dist.rank,
@@ -90,7 +99,8 @@ class Trainer:
         best = s["best"]
         lines = [
             "=" * 64,
-            f"best mAP {best['mAP']:.4f} ({best['source'] or '-'} weights, epoch {best['epoch'] or '-'});  "
+            f"{self.cfg.train.result} mAP {best['mAP']:.4f} ({best['source'] or '-'} weights, epoch "
+            f"{best['epoch'] or '-'}, best.pt);  "
             f"raw {s['best_raw_mAP']:.4f}  EMA {s['best_ema_mAP']:.4f}",
         ]
         if s["images_per_s"] is not None:
@@ -234,7 +244,7 @@ class Trainer:
             row.update({f"{name}_{k}": v for k, v in m.items() if k != "ap"})
             row[f"{name}_ap"] = m["ap"]
         self.run.record(row)
-        if improved:
+        if improved or cfg.train.result == "final":  # "final": the last epoch's weights, whatever they score
             s.best_map, s.best_source, s.best_epoch = metrics[best_name]["mAP"], best_name, s.epoch
             self.checkpoints.save_best(evals[best_name].state_dict(), best_name, metrics[best_name], s)
         self.checkpoints.save(s, None)

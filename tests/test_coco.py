@@ -202,6 +202,8 @@ def test_the_presets_carry_the_official_readme_settings():
             0.0, 0.0, 1e-5, "mean", 1000.0)
         assert (cfg.train.epochs, cfg.train.patience, cfg.train.select_from) == (80, 0, "ema")  # no --estop
         assert (cfg.recipe.encoder_layers, cfg.recipe.decoder_layers, cfg.model.heads) == (2, 1, 8)
+        assert cfg.train.sync_bn  # train.py converts to SyncBatchNorm under DDP, always
+        assert cfg.loss.use_ignore == (dataset != "voc2007")  # scripts/voc2007.py: difficult-only = 0
 
 
 @pytest.fixture(scope="module")

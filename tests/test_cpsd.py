@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,76 @@ def test_the_pipeline_runs_every_stage_on_two_gloo_processes(shards, tmp_path):
 def test_the_pipeline_runs_a_single_run_recipe_as_one_stage(shards, tmp_path, capsys):
     out = pipeline.main(["--cfg", "digits", *tiny(shards, tmp_path), "--status"])
     assert out["stages"] == {"train": "to do"} and "train" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the published partitions
+
+# the part sizes of the official data/{idx,nus}_{coocurrence,cluster}5_0.json (Robbie-Xu/CPSD@bf8784b),
+# in their order: teacher k trains part k
+PUBLISHED_K5 = {("mscoco", "cgp"): [21, 26, 7, 22, 4], ("mscoco", "dgp"): [21, 29, 20, 1, 9],
+                ("nuswide", "cgp"): [21, 31, 4, 8, 17], ("nuswide", "dgp"): [19, 26, 20, 14, 2]}  # fmt: skip
+
+
+def test_the_published_partitions_ship_and_split_their_classes_exactly_once():
+    for dataset, classes in (("mscoco", 80), ("nuswide", 81)):
+        for mode in ("cgp", "dgp"):
+            for k in (1, 2, 3, 5, 8, 13):
+                path = partition.published_partition(dataset, k, mode)
+                data = json.loads(path.read_text())
+                names = [c for p in data["parts"] for c in p["classes"]]
+                assert (data["k"], data["num_classes"], len(set(names))) == (k, classes, classes), path
+                assert data["source"].startswith("github.com/Robbie-Xu/CPSD@")
+                shuffled = sorted(names, key=lambda c: hash(c) % 97)  # our shards' order is not theirs
+                assert read_partition(path, shuffled) == [p["classes"] for p in data["parts"]]
+    for (dataset, mode), sizes in PUBLISHED_K5.items():
+        parts = json.loads(partition.published_partition(dataset, 5, mode).read_text())["parts"]
+        assert [len(p["classes"]) for p in parts] == sizes
+    nus = json.loads(partition.published_partition("nuswide", 2, "cgp").read_text())
+    assert "earthquake" in [c for p in nus["parts"] for c in p["classes"]]  # nuswide_cluster.py's name
+    with pytest.raises(ValueError, match="no published DGP partition of voc2007 into 5 parts"):
+        partition.published_partition("voc2007", 5, "dgp")
+
+
+def test_the_paper_presets_read_the_published_partitions_by_class_name(tmp_path, monkeypatch):
+    published = json.loads(partition.published_partition("mscoco", 5, "dgp").read_text())
+    names = sorted(c for p in published["parts"] for c in p["classes"])[::-1]  # another order than the file's
+    cfg = load_config("psd_mscoco", [f"--train.out_dir={tmp_path}"])
+    assert (cfg.recipe.cgp_partition, cfg.recipe.dgp_partition, cfg.recipe.teacher_bn) == (
+        "published", "published", "batch")
+    info = types.SimpleNamespace(classes=names, cooccurrence=None, positives=None)
+    monkeypatch.setattr(cpsd, "split_classes", lambda cfg: info)  # the full COCO shards, as far as read
+    files = {mode: tmp_path / f"partition_{mode}.json" for mode in ("cgp", "dgp")}
+    cpsd.write_partitions(cfg, files)
+    written = read_partition(files["dgp"], names)
+    assert sorted(map(sorted, written)) == sorted(sorted(p["classes"]) for p in published["parts"])
+    assert json.loads(files["dgp"].read_text())["from"].endswith("cpsd_published/mscoco_dgp_k5.json")
+
+
+def test_a_computed_partition_with_a_tiny_part_is_reported(tmp_path, monkeypatch):
+    classes = [str(i) for i in range(10)]
+    cooc = np.ones((10, 10), int)  # class 9 hardly co-occurs: N-Cut gives it a part of its own
+    cooc[:9, :9] = 40
+    np.fill_diagonal(cooc, 50)
+    info = types.SimpleNamespace(classes=classes, cooccurrence=cooc.tolist(), positives=[50] * 10)
+    monkeypatch.setattr(cpsd, "split_classes", lambda cfg: info)
+    cfg = load_config("psd_digits", [f"--train.out_dir={tmp_path}"])
+    with pytest.warns(UserWarning, match=r"computed CGP partition is unbalanced: parts of \[9, 1\] classes "
+                                         r"\(part 1: 9\).*recipe.cgp_partition=published"):
+        cpsd.write_partitions(cfg, {"cgp": tmp_path / "partition_cgp.json"})
+    assert partition.tiny_parts([[0, 1, 2, 3], [4, 5, 6, 7]], 8) == []
+
+
+def test_the_teachers_may_normalise_by_batch_statistics_as_the_official_student_runs_them():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for mode, training in (("eval", False), ("batch", True)):
+        cfg = load_config("digits", ["--model.backbone=test_resnet", "--recipe.name=cpsd",
+                                     f"--recipe.teacher_bn={mode}"])  # fmt: skip
+        recipe = build_recipe(cfg, ["0", "1"])
+        teacher = build_recipe(load_config("digits", ["--model.backbone=test_resnet"]), ["0", "1"])
+        recipe.teachers["cgp0"] = teacher.build_module().eval().requires_grad_(False)  # as the builder does
+        recipe.setup(recipe.build_module(), None)
+        layers = list(recipe.teachers["cgp0"].modules())
+        assert {m.training for m in layers if isinstance(m, _BatchNorm)} == {training}
+        assert not any(m.training for m in layers if not isinstance(m, _BatchNorm) and not list(m.children()))
+        assert not any(p.requires_grad for p in recipe.teachers["cgp0"].parameters())

@@ -230,3 +230,63 @@ def test_a_first_stage_that_leads_back_to_itself_is_refused(tmp_path):
     loop.write_text(f"base: mulcon_stage2_digits\nrecipe:\n  first_stage: {loop}\n")
     with pytest.raises(ConfigError, match="is recipe mulcon stage 2; name a MulCon stage-one preset"):
         check_recipe(load_config(loop))
+
+
+@pytest.mark.parametrize("stage, slow", [(1, {"backbone"}), (2, {"backbone", "attention"})])
+def test_each_stage_puts_what_the_official_code_does_at_the_backbone_lr_factor(stage, slow):
+    """Stage one: only the backbone at lr x lrp, the attention blocks and label queries at lr
+    (coco_att_stage_one_model.py); stage two: backbone and attention at lr x lrp
+    (coco_att_con_stage_two_model.py); classifiers and projector at lr in both."""
+    from fastmlic.optim import build_optimizer
+
+    small = ["--model.backbone=resnet10t", "--model.pretrained=false", "--model.embed_dim=32"]
+    cfg = load_config(f"mulcon_stage{stage}_mscoco", small)
+    module = build_recipe(cfg, [f"c{i}" for i in range(5)]).build_module()
+    lr_of = {id(p): g["lr"] for g in build_optimizer(module, cfg.optim).param_groups for p in g["params"]}
+    head = module.model.head
+    parts = {
+        "backbone": list(module.model.backbone.parameters()),
+        "attention": [*head.pixels.parameters(), *head.mab.parameters(), *head.labels.parameters(),
+                      head.queries],
+        "classifier": [head.class_weight, head.class_bias],
+        "projector": list(module.projector.parameters()) if module.projector is not None else [],
+    }  # fmt: skip
+    for part, params in parts.items():
+        expected = cfg.optim.lr * (cfg.optim.backbone_lr_factor if part in slow else 1.0)
+        assert all(lr_of[id(p)] == pytest.approx(expected) for p in params), part
+    assert cfg.optim.backbone_lr_factor == 0.1
+
+
+def test_the_pipeline_starts_stage_two_from_the_chosen_epochs_ema_with_stage_ones_augmentation(
+    shards, tmp_path
+):
+    from fastmlic import pipeline
+
+    first = tmp_path / "first.yaml"  # stage one of two epochs, cropping as the official stage one does
+    first.write_text("base: mulcon_stage1_digits\ndata:\n  resize: random_resized_crop\n"
+                     "  crop_scale: [0.875, 1.0]\ntrain:\n  epochs: 2\n")  # fmt: skip
+    # stage two at lr 0: its weights stay those it started from
+    pipeline.main(["--cfg", "mulcon_stage2_digits", f"--data.shards={shards}", f"--train.out_dir={tmp_path}",
+                   "--train.name=both", "--data.image_size=32", "--data.workers=0", "--data.backend=torch",
+                   "--model.embed_dim=32", "--model.backbone=resnet10t", "--train.epochs=1", "--optim.lr=0",
+                   f"--recipe.first_stage={first}", "--recipe.first_stage_epoch=1"])  # fmt: skip
+    root = tmp_path / "both"
+    one = yaml.safe_load((root / "stage1" / "config.yaml").read_text())
+    two = yaml.safe_load((root / "stage2" / "config.yaml").read_text())
+    assert (one["data"]["resize"], one["data"]["crop_scale"]) == ("random_resized_crop", [0.875, 1.0])
+    assert two["data"]["resize"] == "squash" and one["optim"]["lr"] > 0
+    assert one["train"]["keep_epochs"] == [1]
+    kept = root / "stage1" / "epochs" / "epoch-001.pt"
+    assert two["train"]["init_from"] == str(kept)
+    epoch1 = torch.load(kept, weights_only=False)
+    last = torch.load(root / "stage1" / "last.pt", weights_only=False)
+    assert epoch1["state"]["epoch"] == 1 and last["state"]["epoch"] == 2  # kept past the rotation
+    after = torch.load(root / "stage2" / "last.pt", weights_only=False)["model"]
+    name = "model.head.class_weight"
+    assert torch.equal(after[name], epoch1["ema"][f"module.{name}"])
+    assert not torch.equal(after[name], last["ema"][f"module.{name}"])
+
+
+def test_a_first_stage_epoch_beyond_stage_one_is_refused():
+    with pytest.raises(ConfigError, match="first_stage_epoch=30: mulcon_stage1_mscoco trains 25 epochs"):
+        check_recipe(load_config("mulcon_stage2_mscoco", ["--recipe.first_stage_epoch=30"]))

@@ -254,7 +254,8 @@ def test_the_voc2012_presets_carry_puzzle_cams_settings_and_the_readme_weights()
         cfg = load_config(f"oass_voc2012_{strategy}")
         assert cfg.recipe.keypoint == strategy and cfg.train.name == f"oass_voc2012_{strategy}"
         assert (cfg.data.dataset, cfg.data.train_split, cfg.data.val_split) == ("voc2012", "train_aug", "val")
-        assert (cfg.model.backbone, cfg.model.head, cfg.model.output_stride) == ("resnet50", "cam", 16)
+        model = (cfg.model.backbone, cfg.model.pretrained, cfg.model.head, cfg.model.output_stride)
+        assert model == ("resnet50.tv_in1k", True, "cam", 16)
         assert (cfg.data.image_size, cfg.data.batch_size, cfg.train.epochs) == (512, 32, 15)
         assert (cfg.optim.name, cfg.optim.nesterov, cfg.optim.schedule, cfg.optim.weight_decay) == (
             "sgd", True, "poly", 1e-4)

@@ -37,7 +37,8 @@ def test_the_recipe_section_is_typed_by_the_recipe_it_names(tmp_path):
     cfg = load_config(path, ["--recipe.temperature=0.1"])  # name applies first, wherever it is written
     assert (cfg.recipe.name, cfg.recipe.weight, cfg.recipe.temperature) == ("mulcon", 0.3, 0.1)
     assert cfg.to_dict()["recipe"] == {"name": "mulcon", "stage": 2, "weight": 0.3, "temperature": 0.1,
-                                       "proj_dim": 128, "init_ema": False, "first_stage": ""}  # fmt: skip
+                                       "proj_dim": 128, "init_ema": False, "first_stage": "",
+                                       "first_stage_epoch": 0}  # fmt: skip
     assert load_config(cfg.to_dict()) == cfg  # a checkpoint's config dict round-trips
     # another recipe on the command line starts from that recipe's defaults
     assert load_config(path, ["--recipe.name=standard"]).recipe == RECIPE_CONFIGS.lookup("standard")()
@@ -184,8 +185,13 @@ def shards(tmp_path_factory):
 def base_args(shards, out):
     return ["--cfg", "digits", f"--data.shards={shards}", f"--train.out_dir={out}", "--data.image_size=32",
             "--data.batch_size=8", "--data.workers=0", "--data.backend=torch",
-            "--model.backbone=test_convnext", "--model.embed_dim=16", "--model.heads=2", "--train.epochs=2",
-            "--train.log_every=1"]  # fmt: skip
+            "--model.backbone=test_convnext", "--train.epochs=2", "--train.log_every=1"]  # fmt: skip
+
+
+def small_head(head: str) -> list[str]:
+    """Small widths for the heads that read them (a run refuses a head key its head ignores)."""
+    small = {"embed_dim": 16, "heads": 2}
+    return [f"--model.{k}={v}" for k, v in small.items() if k in HEADS[head].model_keys]
 
 
 def fits(head: str, recipe: str) -> bool:
@@ -203,7 +209,7 @@ def trains(head: str, recipe: str) -> bool:
 
 
 def pair_args(shards, out, head: str, recipe: str) -> list[str]:
-    args = [*base_args(shards, out), f"--model.head={head}", f"--recipe.name={recipe}",
+    args = [*base_args(shards, out), f"--model.head={head}", *small_head(head), f"--recipe.name={recipe}",
             f"--train.name={head}-{recipe}"]  # fmt: skip
     if "embeddings" in RECIPES[recipe].head_inputs:  # class-name embeddings beside the shards
         args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
@@ -236,7 +242,8 @@ def two_gloo_processes(shards, tmp_path_factory):
 @pytest.mark.parametrize("head", list(HEADS))
 def test_every_head_and_recipe_trains_on_two_gloo_processes_or_is_refused(shards, tmp_path, head, recipe,
                                                                          request):  # fmt: skip
-    args = [*base_args(shards, tmp_path), f"--model.head={head}", f"--recipe.name={recipe}", "--train.name=r"]
+    args = [*base_args(shards, tmp_path), f"--model.head={head}", *small_head(head),
+            f"--recipe.name={recipe}", "--train.name=r"]
     if not fits(head, recipe):
         with pytest.raises(ConfigError, match=f"model.head={head} does not give"):
             check_recipe(load_config("digits", args[2:]))
@@ -409,3 +416,13 @@ def test_the_recipes_benchmark_checks_every_row_and_trains_one_of_each_kind_in_q
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows == ["row", *kinds.split(",")]
+
+
+@pytest.mark.parametrize("head, recipe, key", [
+    ("linear", "standard", "embed_dim=256"), ("semantic", "sgre", "drop_rate=0.2"),
+    ("cam", "oass", "heads=2"), ("mulcon", "mulcon", "drop_rate=0.1")])  # fmt: skip
+def test_a_head_refuses_a_key_it_would_ignore(head, recipe, key):
+    cfg = load_config("digits", [f"--model.head={head}", f"--recipe.name={recipe}", f"--model.{key}"])
+    with pytest.raises(ConfigError, match=rf"model.{key}: model.head={head} does not use it .*leave it out"):
+        check_recipe(cfg)
+    check_recipe(load_config("digits", [f"--model.head={head}", f"--recipe.name={recipe}"]))  # defaults pass

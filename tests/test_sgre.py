@@ -177,9 +177,11 @@ def test_the_presets_carry_the_official_readme_settings():
         assert (cfg.recipe.weight, cfg.ema.decay) == (weight, ema)
         assert (cfg.optim.lr, cfg.data.batch_size) == (9e-5, 128)
         assert (cfg.data.image_size, cfg.recipe.position, cfg.model.backbone, cfg.model.heads) == (
-            448, True, "resnet101", 8)
+            448, True, "resnet101.tv_in1k", 8)
         assert (cfg.optim.name, cfg.optim.pct_start, cfg.train.epochs, cfg.train.select_from) == (
             "adamw", 0.2, 60, "ema")
+        assert (cfg.train.amp, cfg.train.sync_bn) == ("off", True)  # fp32 as the README; SyncBN as train.py
+        assert cfg.loss.use_ignore == (dataset != "voc2007")  # VOC's difficult-only labels: negatives
         assert (cfg.loss.gamma_neg, cfg.loss.clip, cfg.loss.eps, cfg.loss.scale) == (2.0, 0.0, 1e-5, 1000.0)
 
 
@@ -211,3 +213,21 @@ def test_end_to_end_on_digits_with_minilm_embeddings(shards, tmp_path):
             train.main([*args, "--train.name=again"])
     finally:
         (tmp_path / "moved.npy").rename(shards / "digits" / "label_embeddings.minilm.npy")
+
+
+def test_random_embeddings_are_the_papers_learned_parameter():
+    """recipe.embeddings=random: as the original's embed_type 'random', a [C, 768] parameter trained with
+    the head (no file), kept in the checkpoint and read back from it for inference."""
+    from fastmlic.builder import build_recipe
+
+    cfg = load_config("sgre_digits", ["--recipe.embeddings=random", "--model.backbone=test_resnet",
+                                      "--recipe.attention_dim=16", "--recipe.feedforward=16"])  # fmt: skip
+    module = build_recipe(cfg, ["a", "b", "c"]).build_module()
+    embeddings = module.model.head.embeddings
+    assert isinstance(embeddings, torch.nn.Parameter) and embeddings.shape == (3, 768)
+    assert embeddings.abs().max() <= 1 / 768**0.5 + 1e-6  # kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(768))
+    out = module(torch.randn(2, 3, 96, 96))  # a 3 x 3 grid: the attention over pixels is not constant
+    (out["logits"].sum() + out["label_logits"].sum()).backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    again = build_recipe(cfg, ["a", "b", "c"]).build_module(trained=module.state_dict())
+    assert torch.equal(again.model.head.embeddings, embeddings)

@@ -18,7 +18,7 @@ from conftest import ROOT
 from fastmlic import evaluate, predict, train
 from fastmlic.checkpoint import Checkpoint
 from fastmlic.cli import exit_on_user_error
-from fastmlic.config import RECIPE_CONFIGS
+from fastmlic.config import RECIPE_CONFIGS, ConfigError, load_config
 from fastmlic.data.dali_loader import dali_available
 from fastmlic.engine import NonFiniteLoss
 from fastmlic.recipes.base import RECIPES
@@ -351,3 +351,23 @@ def test_a_class_subset_run_evaluates_on_its_classes_and_seeds_a_full_run_by_cla
     torch.testing.assert_close(full["model"][backbone], best["model"][backbone])
     log = (tmp_path / "full" / "log.txt").read_text()
     assert "7 classes only here (0, 1, 3, 4, 6, 8, 9); those keep their initialisation" in log
+
+
+def test_a_run_may_report_its_final_epoch_instead_of_its_best(shards, tmp_path):
+    """train.result=final: best.pt holds the last epoch's weights whatever they score (a method's own test
+    command evaluates a fixed epoch); train.keep_epochs keeps chosen end-of-epoch states past rotation."""
+    summary = run_train(shards, tmp_path, "final", "--train.epochs=3", "--train.result=final",
+                        "--train.select_from=ema", "--train.keep_epochs=[1, 2]", "--train.keep_checkpoints=1")
+    best = torch.load(tmp_path / "final" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "final" / "last.pt", weights_only=False)
+    assert (best["source"], best["state"]["best_epoch"], summary["best"]["epoch"]) == ("ema", 3, 3)
+    assert all(torch.equal(v, last["ema"][f"module.{k}"]) for k, v in best["model"].items())
+    rows = epochs(tmp_path / "final")
+    assert summary["best"]["mAP"] == rows[-1]["ema_mAP"]
+    kept = sorted(p.name for p in (tmp_path / "final" / "epochs").iterdir())
+    assert kept == ["epoch-001.pt", "epoch-002.pt"]
+    first = torch.load(tmp_path / "final" / "epochs" / "epoch-001.pt", weights_only=False)
+    assert first["state"]["epoch"] == 1
+    assert len(list((tmp_path / "final" / "checkpoints").glob("step-*.pt"))) == 1
+    with pytest.raises(ConfigError, match="train.result=final reports the last epoch: train.patience"):
+        load_config("digits", ["--train.result=final", "--train.patience=3"])

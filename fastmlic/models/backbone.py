@@ -3,6 +3,7 @@ local weights."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..errors import MissingInput
+from .hub import pretrained_weights
 
 
 @dataclass
@@ -49,8 +51,10 @@ class Backbone(nn.Module):
         import timm  # here, not at import: timm pulls in torchvision and dynamo (seconds), and a
         # command's --help loads the config, which imports this module
 
+        fetched = pretrained and not pretrained_path  # from timm's hub or its cache
         try:
-            self.model = timm.create_model(name, **kwargs)
+            with pretrained_weights(name) if fetched else contextlib.nullcontext():
+                self.model = timm.create_model(name, **kwargs)
         except RuntimeError as e:
             if "Unknown model" not in str(e):
                 raise

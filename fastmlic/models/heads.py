@@ -3,7 +3,8 @@
 [B, C, E] (one vector per label, for recipes that work on labels) and `attention` [B, C, N] (per-label
 attention over the feature grid). A head lists what it returns in `outputs`, so a recipe can check at
 start that the head gives what it needs, and its per-class parameters (first dimension = classes) in
-`per_class`, so checkpoints load by class name."""
+`per_class`, so checkpoints load by class name, and the `model` section's head keys it reads in
+`model_keys` (of drop_rate, embed_dim, heads), so a run refuses one it would silently ignore."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class LinearHead(nn.Module):
     """Global pool + FC: the ASL baseline."""
 
     outputs = ("logits",)
+    model_keys = ("drop_rate",)
     per_class = ("fc.weight", "fc.bias")
 
     def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0, **_):
@@ -41,6 +43,7 @@ class LabelAttentionHead(nn.Module):
     attention + FFN, post-norm, as Query2Label)."""
 
     outputs = ("logits", "label_features", "attention")
+    model_keys = ("drop_rate", "embed_dim", "heads")
     per_class = ("queries", "class_weight", "class_bias")
 
     def __init__(self, num_features: int, num_classes: int, embed_dim: int = 512, heads: int = 4,

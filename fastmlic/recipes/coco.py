@@ -94,6 +94,7 @@ class CooccurrenceHead(nn.Module):
     """Transformer label features, a predicted per-image co-occurrence graph, a gated graph network over
     it, and a per-class classifier on [label feature, graph feature]."""
 
+    model_keys = ("embed_dim", "heads")  # its dropout is recipe.dropout
     outputs = ("logits", "label_features", "cooccurrence", "graph_features")
     per_class = ("queries", "cooccurrence.weight", "cooccurrence.bias", "class_weight", "class_bias")
 

@@ -17,12 +17,14 @@ Classification with Complementary Parallel Self-Distillation", IJCAI 2022; offic
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import Config, ConfigError, parse_overrides
 from ..data import split_json
@@ -36,7 +38,9 @@ from .cpsd_partition import (
     affinity,
     import_published,
     partition_classes,
+    published_partition,
     read_partition,
+    tiny_parts,
     write_partition,
 )
 
@@ -124,6 +128,13 @@ class CPSD(Recipe):
         return [*stages, Stage("student", root / "student", needs=tuple(teachers),
                                config=partial(student_config, cfg, root))]  # fmt: skip
 
+    def setup(self, module, ctx) -> None:
+        if self.cfg.recipe.teacher_bn == "batch":  # the teachers stay frozen; their BatchNorm normalises
+            for teacher in self.teachers.values():  # by each batch's statistics, as the original's do
+                for layer in teacher.modules():
+                    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                        layer.train()
+
     def teacher_paths(self) -> dict[str, str]:
         r = self.cfg.recipe
         if not r.cgp_teachers or not r.dgp_teachers:
@@ -165,17 +176,29 @@ def write_partitions(cfg: Config, files: dict[str, Path]) -> None:
     r, info = cfg.recipe, split_classes(cfg)
     given = {"cgp": r.cgp_partition, "dgp": r.dgp_partition}
     for mode, path in files.items():
-        if given[mode]:
+        source = given[mode]
+        if source == "published":
+            source = str(published_partition(cfg.data.dataset, r.parts, mode))
+        if source:
             column = {c: i for i, c in enumerate(info.classes)}
-            parts = read_partition(Path(given[mode]), info.classes)
+            parts = read_partition(Path(source), info.classes)
             groups = [sorted(column[c] for c in part) for part in parts]
-            how = {"from": given[mode]}
+            how = {"from": source}
         else:
             groups = partition_classes(np.array(info.cooccurrence), np.array(info.positives), r.parts, mode,
                                        r.partition_seed)  # fmt: skip
             how = {"seed": r.partition_seed}
+            tiny = tiny_parts(groups, len(info.classes))
+            if tiny:
+                shown = "; ".join(f"part {k}: {', '.join(info.classes[i] for i in groups[k])}"
+                                  for k in tiny)  # fmt: skip
+                warnings.warn(f"the computed {mode.upper()} partition is unbalanced: parts of "
+                              f"{[len(g) for g in groups]} classes ({shown}); a tiny part's teacher learns "
+                              f"little. The paper's own partitions: recipe.{mode}_partition=published "
+                              f"(mscoco, nuswide), or another recipe.partition_seed",
+                              stacklevel=2)  # fmt: skip
         if len(groups) != r.parts:
-            raise InputError(f"{given[mode] or 'the spectral clustering'}: {len(groups)} {mode} parts, "
+            raise InputError(f"{source or 'the spectral clustering'}: {len(groups)} {mode} parts, "
                              f"recipe.parts={r.parts}")  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         write_partition(path, info.classes, sorted(groups, key=lambda g: g[0]), mode=mode, k=r.parts,

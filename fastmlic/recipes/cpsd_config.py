@@ -37,8 +37,18 @@ class CPSDConfig(RecipeConfig):
     temperature: float = option(4.0, "kl: softmax temperature (the loss is scaled by its square)", above=0)
     parts: int = option(5, "pipeline: class parts K of each partition (K CGP and K DGP teachers)", low=1)
     partition_seed: int = option(0, "pipeline: spectral clustering seed of the partitions")
-    cgp_partition: str = option("", "pipeline: use this partition file for CGP (empty: computed)")
-    dgp_partition: str = option("", "pipeline: use this partition file for DGP (empty: computed)")
+    cgp_partition: str = option(
+        "", "pipeline: the CGP partition: 'published' (the paper's, mscoco and nuswide), a partition file, "
+        "or empty: computed from the training split"
+    )
+    dgp_partition: str = option(
+        "", "pipeline: the DGP partition: 'published' (the paper's, mscoco and nuswide), a partition file, "
+        "or empty: computed from the training split"
+    )
+    teacher_bn: Literal["eval", "batch"] = option(
+        "eval", "the frozen teachers' BatchNorm: running statistics (eval), or each batch's own, as the "
+        "official dis_B_cpsd.py runs them (its load_teacher never calls .eval())"
+    )
     teacher_overrides: list[str] = option(
         [], "pipeline: --section.key=value changes of the teachers' runs from this config (e.g. their lr)"
     )

@@ -46,6 +46,7 @@ from ..distributed import gather_with_grad
 from ..errors import InputError
 from ..kernels import supcon_loss
 from ..models import HEADS, Features
+from ..run import epoch_state
 from .base import RECIPES, DataRequest, Recipe, RecipeModule, Stage, Term, stage_config
 
 # --------------------------------------------------------------------------- both stages in one pipeline
@@ -55,7 +56,11 @@ from .base import RECIPES, DataRequest, Recipe, RecipeModule, Stage, Term, stage
 # with the command line's overrides, so the two runs see the same data and build the same model. Stage
 # two's batch holds two views of each image, so the presets give stage one its own batch size.
 FIRST_STAGE_SECTIONS = ("loss", "optim", "ema", "recipe")
-FIRST_STAGE_KEYS = {"data": ("batch_size",), "train": ("epochs", "init_from")}
+FIRST_STAGE_KEYS = {
+    # its batch and augmentation (the official stage one crops: RandomResizedCrop(0.875, 1.0))
+    "data": ("batch_size", "resize", "crop_scale", "hflip", "randaugment_n", "randaugment_m", "cutout"),
+    "train": ("epochs", "init_from", "keep_epochs", "result", "select_from"),
+}
 
 
 def first_stage_preset(cfg: Config) -> Config:
@@ -71,6 +76,9 @@ def first_stage_preset(cfg: Config) -> Config:
         raise ConfigError(f"recipe.first_stage={name!r} is recipe {first.recipe.name}"
                           f"{f' stage {first.recipe.stage}' if first.recipe.name == 'mulcon' else ''}; "
                           "name a MulCon stage-one preset (mulcon_stage1_<dataset>)")  # fmt: skip
+    if cfg.recipe.first_stage_epoch > first.train.epochs:
+        raise ConfigError(f"recipe.first_stage_epoch={cfg.recipe.first_stage_epoch}: {name} trains "
+                          f"{first.train.epochs} epochs")  # fmt: skip
     return first
 
 
@@ -82,13 +90,23 @@ def first_stage_config(cfg: Config, folder: Path) -> Config:
         mapping[section] = own[section]
     for section, keys in FIRST_STAGE_KEYS.items():
         mapping[section] = {**mapping[section], **{k: own[section][k] for k in keys}}
+    epoch = cfg.recipe.first_stage_epoch
+    if epoch and epoch not in mapping["train"]["keep_epochs"]:  # the state stage two starts from stays
+        mapping["train"]["keep_epochs"] = sorted([*mapping["train"]["keep_epochs"], epoch])
     return stage_config(mapping, folder, source=f"recipe.first_stage {cfg.recipe.first_stage}")
 
 
+def first_stage_state(cfg: Config, folder: Path) -> Path:
+    """The state of stage one (run folder `folder`) that stage two starts from."""
+    epoch = cfg.recipe.first_stage_epoch
+    return epoch_state(folder, epoch) if epoch else folder / "last.pt"
+
+
 def second_stage_config(cfg: Config, root: Path) -> Config:
-    """Stage two: `cfg`, starting from stage one's last.pt (its EMA weights with `recipe.init_ema`)."""
+    """Stage two: `cfg`, starting from stage one's state at `recipe.first_stage_epoch` (its last.pt for
+    0), its EMA weights with `recipe.init_ema`."""
     mapping = cfg.to_dict()
-    mapping["train"] = {**mapping["train"], "init_from": str(root / "stage1" / "last.pt")}
+    mapping["train"] = {**mapping["train"], "init_from": str(first_stage_state(cfg, root / "stage1"))}
     return stage_config(mapping, root / "stage2")
 
 
@@ -168,6 +186,7 @@ class MulConHead(nn.Module):
     """SAB -> SAB over the pixel tokens, label queries -> MAB over the pixels, SAB over the labels."""
 
     outputs = ("logits", "label_features", "attention")
+    model_keys = ("embed_dim", "heads")
     per_class = ("queries", "class_weight", "class_bias")
 
     def __init__(self, num_features: int, num_classes: int, embed_dim: int = 1024, heads: int = 4, **_):
@@ -202,6 +221,7 @@ class MulConModule(RecipeModule):
 
     def __init__(self, model, proj_dim: int | None):
         super().__init__(model)
+        self.stage = 1 if proj_dim is None else 2
         self.projector = None
         if proj_dim is not None:
             width = model.head.embed_dim
@@ -216,8 +236,12 @@ class MulConModule(RecipeModule):
         return out
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """The backbone and the head's attention train at optim.backbone_lr_factor x lr (the official
-        lrp); the per-label classifiers and the projector at lr."""
+        """What trains at optim.backbone_lr_factor x lr (the official lrp), as each stage's
+        `get_config_optim` groups it: in stage 1 the backbone only (the attention blocks and label queries
+        learn at lr, from scratch: coco_att_stage_one_model.py), in stage 2 the backbone and the attention
+        (coco_att_con_stage_two_model.py); the per-label classifiers and the projector at lr."""
+        if self.stage == 1:
+            return self.model.backbone_parameters()
         classifier = {id(self.model.head.class_weight), id(self.model.head.class_bias)}
         attention = [p for p in self.model.head.parameters() if id(p) not in classifier]
         return self.model.backbone_parameters() + attention

@@ -24,6 +24,10 @@ class MulConConfig(RecipeConfig):
     init_ema: bool = option(False, "stage 2: start from the EMA weights of train.init_from (a last.pt)")
     first_stage: str = option(
         "",
-        "stage 2: the stage-1 preset or YAML that `python -m fastmlic.pipeline` trains first; its last.pt "
-        "then starts this run (train.py ignores it and reads train.init_from)",
+        "stage 2: the stage-1 preset or YAML that `python -m fastmlic.pipeline` trains first; its state at "
+        "first_stage_epoch then starts this run (train.py ignores it and reads train.init_from)",
+    )
+    first_stage_epoch: int = option(
+        0, "stage 2 in the pipeline: start from stage one's state at the end of this epoch (kept as "
+        "epochs/epoch-NNN.pt; the paper: 15 of 25)", low=0, zero="its last epoch, last.pt",
     )

@@ -203,6 +203,7 @@ class CAMHead(nn.Module):
     """Class activation maps: a 1x1 convolution (no bias) on the feature map, and their spatial mean as
     the logits (the same as the classifier on the pooled features)."""
 
+    model_keys = ()
     outputs = ("logits", "cams", "attention")
     per_class = ("classifier.weight",)
 

@@ -2,8 +2,9 @@
 jasonseu/SGRE, `models/mlic.py`, read for this file).
 
 - Class-name embeddings [L, D_text], one row per class, from `tools/label_embeddings.py` (MiniLM offline,
-  BERT as the paper, GloVe, random), read by class name; a persistent buffer of the head, so a
-  checkpoint carries the embeddings it was trained with.
+  BERT as the paper, GloVe), read by class name; a persistent buffer of the head, so a checkpoint
+  carries the embeddings it was trained with. `recipe.embeddings: random` is the paper's ablation as
+  the original builds it (`embed_type == 'random'`): a learned [L, 768] parameter, kaiming-uniform.
 - Head `semantic`: backbone tokens -> transformer encoder layer(s) (the sine positional encoding added
   to queries and keys with `recipe.position`) -> low-rank bilinear attention between the tokens and
   the label embeddings, alpha = softmax_pixels(w^T (U tanh(W1 x * W2 e) + b) / tau), giving per-label
@@ -11,8 +12,9 @@ jasonseu/SGRE, `models/mlic.py`, read for this file).
   pixels to the label features (1x1 Conv + BN + ReLU projections) gives x' per pixel -> an MLP over
   [x, x'] (2d -> 2d -> L, dropout 0.5) max-pooled over pixels: `logits`, the scores evaluation uses.
 - Loss = ASL(logits) + `weight` x ASL(label_logits) (the official lamda).
-- The head works at the backbone's width, as the original (`model.embed_dim` is not read); `model.heads`
-  sets the encoder's attention heads (8 in the presets, as the original).
+- The head works at the backbone's width, as the original (so a run refuses `model.embed_dim` and
+  `model.drop_rate`: `recipe.dropout` is its dropout); `model.heads` sets the encoder's attention heads
+  (8 in the presets, as the original).
 
 Where this differs on purpose: weight decay skips biases and norm weights (the original's `-twd`
 choice; its README commands decay every parameter); the positional encoding is computed for the
@@ -107,13 +109,14 @@ class SemanticHead(nn.Module):
     """Label attention guided by class-name embeddings, then reverse attention back to the pixels."""
 
     outputs = ("logits", "label_logits", "attention")
+    model_keys = ("heads",)  # its width is the backbone's, its dropout recipe.dropout
     needs = ("embeddings",)
     per_class = ("embeddings", "label_weight", "label_bias", "classifier.3.weight", "classifier.3.bias")
 
     def __init__(self, num_features: int, num_classes: int, heads: int = 8,
                  embeddings: torch.Tensor | None = None, temperature: float = 1.0, position: bool = False,
                  layers: int = 1, attention_dim: int = 1024, feedforward: int = 2048, dropout: float = 0.1,
-                 pre_norm: bool = False, **_):  # fmt: skip
+                 pre_norm: bool = False, learn_embeddings: bool = False, **_):  # fmt: skip
         super().__init__()
         if embeddings is None or embeddings.shape[0] != num_classes:
             raise ConfigError("semantic head: needs a class-name embedding per class (from recipe.name=sgre)")
@@ -121,7 +124,10 @@ class SemanticHead(nn.Module):
         if d % heads:
             raise ConfigError(f"semantic head: backbone width {d} is not divisible by model.heads={heads}")
         self.temperature, self.position = temperature, position
-        self.register_buffer("embeddings", embeddings.float().clone())
+        if learn_embeddings:  # the paper's random-embedding ablation: trained with the rest
+            self.embeddings = nn.Parameter(embeddings.float().clone())
+        else:  # fixed class-name embeddings, kept in the state dict so a checkpoint needs no file
+            self.register_buffer("embeddings", embeddings.float().clone())
         self.encoder = nn.ModuleList(
             EncoderLayer(d, heads, feedforward, dropout, pre_norm) for _ in range(layers)
         )
@@ -150,6 +156,9 @@ class SemanticHead(nn.Module):
 # --------------------------------------------------------------------------- the recipe
 
 
+RANDOM_WIDTH = 768  # the original's random class embeddings: BERT's width (models/mlic.py)
+
+
 @RECIPES.register("sgre")
 class SGRE(Recipe):
     head_outputs = ("logits", "label_logits")
@@ -166,15 +175,19 @@ class SGRE(Recipe):
 
     def build_module(self, trained: dict | None = None) -> RecipeModule:
         r, key = self.cfg.recipe, "model.head.embeddings"
+        learned = r.embeddings == "random"
         if trained is not None and key in trained:  # inference: the embeddings it was trained with
             embeddings = trained[key]
+        elif learned:  # as the original's embed_type 'random': a [C, 768] parameter, Linear's own init
+            embeddings = torch.empty(len(self.classes), RANDOM_WIDTH)
+            nn.init.kaiming_uniform_(embeddings, a=math.sqrt(5))
         else:
             path, command = self.embeddings_file()
             embeddings = torch.from_numpy(read_label_embeddings(path, self.classes, command))
         return RecipeModule(build_model(
             self.cfg.model, len(self.classes), embeddings=embeddings, temperature=r.temperature,
             position=r.position, layers=r.layers, attention_dim=r.attention_dim, feedforward=r.feedforward,
-            dropout=r.dropout, pre_norm=r.pre_norm))  # fmt: skip
+            dropout=r.dropout, pre_norm=r.pre_norm, learn_embeddings=learned))  # fmt: skip
 
     def training_step(self, net, batch, ctx) -> dict[str, Term]:
         out = net(batch.images)

@@ -16,7 +16,8 @@ class SGREConfig(RecipeConfig):
     embeddings: str = option(
         "minilm",
         "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "
-        "tools/label_embeddings.py) or a .npy path",
+        "tools/label_embeddings.py: minilm, bert, glove), a .npy path, or random: the paper's ablation, a "
+        "learned [C, 768] parameter from a random start",
     )
     weight: float = option(
         1.0, "weight of the ASL term on the label-attention logits (official lamda)", low=0
