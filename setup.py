@@ -27,6 +27,8 @@ setup(
         "webdataset>=0.2.86",
         "numpy>=1.24",
         "scikit-learn>=1.3",
+        # OASS's ctopk key points: skimage's peak_local_max, as the official code (0.19's semantics on)
+        "scikit-image>=0.19",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "pillow>=10.0",

@@ -8,8 +8,8 @@ peak memory and wall time per row, from the trainer itself (`fastmlic/train.py`)
     python benchmarks/recipes.py --dry-run                       # check every row's config, train nothing
 
 A row is a config (a digits preset) with overrides; `standard/label_attention` separates a head's
-effect from a recipe's (`standard/cam` for OASS's head), `coco/no-contrastive` and
-`oass/puzzle-cam` a term's, `sgre/random-embeddings` the class names'.
+effect from a recipe's, `coco/no-contrastive` and `oass/no-cuts` (OASS's network and classification
+loss without the cuts' terms) a term's, `sgre/random-embeddings` the class names'.
 Every row trains `--epochs` epochs from random init, except a row that continues another row's run (a
 later stage), which adds its preset's epochs on top of that run: its epochs column counts only its
 own. A pipeline row (`cpsd`) runs every stage of its preset (`python -m fastmlic.pipeline`: the part
@@ -50,12 +50,10 @@ ROWS = {  # name -> (config, overrides, the row whose run this one continues)
     # the paper's ablation: learned class embeddings from a random start, no names
     "sgre/random-embeddings": ("sgre_digits", ["--recipe.embeddings=random"], None),
     "cpsd": ("psd_digits", [], None),  # a pipeline: K = 2 CGP + 2 DGP teachers, then the student
-    # the CAM head alone (64 px, stride 16, BCE mean: what oass_digits trains with), then OASS, then
-    # OASS without its own two terms (Puzzle-CAM's losses only)
-    "standard/cam": ("digits", ["--model.head=cam", "--model.output_stride=16", "--data.image_size=64",
-                                "--loss.name=bce", "--loss.reduction=mean"], None),  # fmt: skip
+    # OASS (cMax, EMA teacher), with the student cutting for itself (max), and without the cuts' terms
     "oass": ("oass_digits", [], None),
-    "oass/puzzle-cam": ("oass_digits", ["--recipe.alpha_ss=0", "--recipe.alpha_csi=0"], None),
+    "oass/max": ("oass_digits", ["--recipe.keypoint=max"], None),
+    "oass/no-cuts": ("oass_digits", ["--recipe.alpha_p=0", "--recipe.alpha_re=0"], None),
 }
 EMBEDDINGS = {"sgre": "minilm"}  # rows that read class-name embeddings from a file
 SAME_FOR_ALL = ["--data.backend=torch", "--train.log_every=50"]  # the PyTorch backend repeats exactly

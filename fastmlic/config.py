@@ -103,10 +103,19 @@ class DataConfig:
     workers: int = option(
         4, "CPU threads (DALI) or worker processes (PyTorch) per device", low=0, zero="in the main process"
     )
-    resize: Literal["squash", "random_resized_crop"] = option(
-        "squash", "squash-resize to the square (the MLIC default) or random resized crop"
+    resize: Literal["squash", "random_resized_crop", "long_side"] = option(
+        "squash", "training: squash-resize to the square (the MLIC default), random resized crop, or "
+        "long_side: a random longer side in data.long_side, then a random image_size crop, padded with the "
+        "mean colour where the image is smaller (Puzzle-CAM's and OASS's)"
     )
     crop_scale: list[float] = option([0.5, 1.0], "area range of random_resized_crop")
+    long_side: list[int] = option(
+        [320, 640], "resize long_side: the range of the longer side in pixels, both ends included", low=1
+    )
+    eval_resize: Literal["squash", "pad"] = option(
+        "squash", "evaluation: squash-resize to the square, or pad: the image as it is at the top-left of "
+        "an image_size square of the mean colour, cropped where larger (OASS's evaluation)"
+    )
     hflip: bool = option(True, "random horizontal flip in training")
     randaugment_n: int = option(2, "RandAugment: operations per image (0 turns it off)", low=0, zero="off")
     randaugment_m: int = option(9, "RandAugment: magnitude bin, 0..30", low=0, high=30)
@@ -496,6 +505,8 @@ def validate(cfg: Config) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std need three values (R, G, B)")
+    if not (len(d.long_side) == 2 and d.long_side[0] <= d.long_side[1]):
+        raise ConfigError(f"data.long_side={d.long_side} must be [low, high] with low <= high")
     if not (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1):
         raise ConfigError(f"data.crop_scale={d.crop_scale} must be [low, high] with 0 < low <= high <= 1")
     if len(set(d.classes)) != len(d.classes):

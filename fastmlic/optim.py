@@ -33,7 +33,10 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
+    """The optimiser over `model`'s parameter groups: its own `parameter_groups(cfg)` where it has them (a
+    recipe that keeps its method's groups), else `param_groups`."""
+    own = getattr(model, "parameter_groups", None)
+    groups = own(cfg) if own is not None else param_groups(model, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_factor"]
     if cfg.name == "sgd":

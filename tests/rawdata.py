@@ -90,6 +90,7 @@ def make_voc2012(root: Path, rng: np.random.Generator, train_aug: bool = True) -
     if train_aug:
         ids = "2007_000032\r\n2008_000001\r\n2008_000002\r\n"
         write(voc / "ImageSets" / "Segmentation" / "train_aug.txt", ids)
+        write(voc / "ImageSets" / "Segmentation" / "val.txt", "2008_000003\n")  # disjoint from train_aug
     return {"classes": VOC_CLASSES}
 
 

@@ -44,7 +44,8 @@ def test_voc2012_difficult_empty_boxes_and_the_train_aug_list(tmp_path, rng):
     val = voc2012.list_split(tmp_path, "val")
     assert by_key(val)["2008_000002"].positives == (C.index("bird"),)  # cat: zero width; sheep: off the image
     assert "zero-area box left out (2 in this split)" in val.conventions
-    assert voc2012.default_splits(tmp_path) == ("train", "val", "train_aug")
+    assert voc2012.default_splits(tmp_path) == ("train", "val", "train_aug", "seg_val")
+    assert [s.key for s in voc2012.list_split(tmp_path, "seg_val").samples] == ["2008_000003"]
     aug = voc2012.list_split(tmp_path / "VOC2012", "train_aug")  # CRLF ids; the VOC2012 folder itself works
     assert [s.key for s in aug.samples] == ["2007_000032", "2008_000001", "2008_000002"]
 

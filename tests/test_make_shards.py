@@ -283,3 +283,14 @@ def test_a_missing_split_lists_the_splits_there_and_only_those(tmp_path):
         SplitInfo.load(split_json_path(out / "digits", "vall"))
     with pytest.raises(FileNotFoundError, match=r"split description not found \(run tools/make_shards.py"):
         SplitInfo.load(split_json_path(tmp_path / "nowhere", "val"))
+
+
+def test_voc2012_writes_the_segmentation_val_split_and_names_splits_that_share_images(tmp_path, rng, capsys):
+    rawdata.make_voc2012(tmp_path / "raw", rng)
+    out = tmp_path / "s"
+    assert make_shards.main(["--data", "voc2012", "--root", str(tmp_path / "raw"), "--out", str(out)]) == 0
+    seg_val = SplitInfo.load(out / "voc2012" / "seg_val.json")  # ImageSets/Segmentation/val.txt
+    assert seg_val.num_samples == 1
+    printed = capsys.readouterr().out
+    assert "splits val and train_aug share 1 images" in printed  # Main val overlaps the training set
+    assert "splits train_aug and seg_val" not in printed  # the split OASS evaluates on: disjoint

@@ -213,8 +213,8 @@ def pair_args(shards, out, head: str, recipe: str) -> list[str]:
             f"--train.name={head}-{recipe}"]  # fmt: skip
     if "embeddings" in RECIPES[recipe].head_inputs:  # class-name embeddings beside the shards
         args += ["--recipe.embeddings=random", "--recipe.attention_dim=16", "--recipe.feedforward=32"]
-    if recipe == "oass":  # its 2 x 2 tiles and half-side patches need at least one stride-32 cell each
-        args += ["--data.image_size=64"]
+    if recipe == "oass":  # its cuts' pieces, half the image, need a stride-32 cell each; the test
+        args += ["--data.image_size=64", "--recipe.last_stride=2"]  # ConvNeXt has no ResNet layer4
     return args
 
 
@@ -406,8 +406,8 @@ def test_the_recipes_benchmark_checks_every_row_and_trains_one_of_each_kind_in_q
     assert checked.returncode == 0, checked.stderr[-2000:]
     assert [line.split(":")[0] for line in checked.stdout.splitlines()[:-1]] == [
         "standard/linear", "standard/label_attention", "mulcon-stage1", "mulcon-stage2", "coco",
-        "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd", "standard/cam", "oass",
-        "oass/puzzle-cam"]  # fmt: skip
+        "coco/no-contrastive", "sgre", "sgre/random-embeddings", "cpsd", "oass", "oass/max",
+        "oass/no-cuts"]  # fmt: skip
     typo = subprocess.run([*command, "--dry-run", "--rows", "oass", "--recipe.alpha_sss=1"],
                           capture_output=True, text=True, env=env)  # fmt: skip
     assert typo.returncode == 2 and "row oass: unknown config key 'recipe.alpha_sss'" in typo.stderr
@@ -420,7 +420,7 @@ def test_the_recipes_benchmark_checks_every_row_and_trains_one_of_each_kind_in_q
 
 @pytest.mark.parametrize("head, recipe, key", [
     ("linear", "standard", "embed_dim=256"), ("semantic", "sgre", "drop_rate=0.2"),
-    ("cam", "oass", "heads=2"), ("mulcon", "mulcon", "drop_rate=0.1")])  # fmt: skip
+    ("csi", "oass", "heads=2"), ("mulcon", "mulcon", "drop_rate=0.1")])  # fmt: skip
 def test_a_head_refuses_a_key_it_would_ignore(head, recipe, key):
     cfg = load_config("digits", [f"--model.head={head}", f"--recipe.name={recipe}", f"--model.{key}"])
     with pytest.raises(ConfigError, match=rf"model.{key}: model.head={head} does not use it .*leave it out"):

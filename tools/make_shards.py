@@ -142,7 +142,16 @@ def drop_missing_images(listings: dict[str, SplitListing], skip: bool) -> None:
             lst.dropped["missing image"] = len(gone)
 
 
-def summary(reports: list[SplitReport], out_dir: Path, seconds: float) -> str:
+def shared_images(listings: dict[str, SplitListing]) -> list[str]:
+    """A line for each pair of splits that hold some of the same images (an evaluation split that shares
+    images with a training split measures memory, not generalisation)."""
+    keys = {split: {s.key for s in lst.samples} for split, lst in listings.items()}
+    names = list(keys)
+    return [f"splits {a} and {b} share {len(keys[a] & keys[b])} images" for i, a in enumerate(names)
+            for b in names[i + 1 :] if keys[a] & keys[b]]  # fmt: skip
+
+
+def summary(reports: list[SplitReport], out_dir: Path, seconds: float, shared: list[str] = ()) -> str:
     lines = [
         f"{'split':<10}{'samples':>9}{'shards':>8}{'reused':>8}{'MB':>9}{'classes':>9}  dropped / re-encoded"
     ]
@@ -168,6 +177,7 @@ def summary(reports: list[SplitReport], out_dir: Path, seconds: float) -> str:
         f"({total_samples / max(seconds, 1e-9):.0f} samples/s, {total_bytes / max(seconds, 1e-9):.1f} MB/s)"
     )
     lines.append(f"outputs: {out_dir}/  ({', '.join(r.json_path.name for r in reports)})")
+    lines += list(shared)
     for r in reports:
         if r.bad:
             report = out_dir / f"{r.split}.skipped.tsv"
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-    print(summary(reports, out_dir, time.perf_counter() - started))
+    print(summary(reports, out_dir, time.perf_counter() - started, shared_images(listings)))
     return 0
 
 

@@ -73,15 +73,29 @@ def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int,
     crop = dict(random_area=list(cfg.crop_scale), random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10)
     random_crop = train and cfg.resize == "random_resized_crop"
     crop_per_view = random_crop and views > 1  # else one crop (fused with decode) or none at all
+    long_side = train and cfg.resize == "long_side"
+    # the window of an image_size square, padded with the mean colour where the image is smaller
+    pad = dict(crop=[size, size], out_of_bounds_policy="pad", fill_values=[round(m * 255) for m in cfg.mean])
     if random_crop and not crop_per_view:  # the decoder skips the pixels the crop throws away
         decoded = fn.decoders.image_random_crop(jpegs, device=decode, output_type=types.RGB, **crop)
     else:
         decoded = fn.decoders.image(jpegs, device=decode, output_type=types.RGB)
-    if not crop_per_view:  # squash (as the field does) or the fused crop: one resize serves every view
+    if not train and cfg.eval_resize == "pad":  # unscaled, at the top-left
+        resized = fn.crop(decoded, crop_pos_x=0.0, crop_pos_y=0.0, **pad)
+    elif long_side:  # a random longer side for each image, bicubic; each view crops it on its own
+        longer = fn.random.uniform(values=[float(n) for n in range(cfg.long_side[0], cfg.long_side[1] + 1)])
+        scaled = fn.resize(decoded, resize_longer=longer, interp_type=types.INTERP_CUBIC, antialias=True)
+    elif not crop_per_view:  # squash (as the field does) or the fused crop: one resize serves every view
         resized = fn.resize(decoded, resize_x=size, resize_y=size, antialias=True)
     images = []
     for _ in range(views):  # one decode, `views` independently drawn augmentation branches
-        view = fn.random_resized_crop(decoded, size=[size, size], **crop) if crop_per_view else resized
+        if long_side:
+            view = fn.crop(scaled, crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                           crop_pos_y=fn.random.uniform(range=[0.0, 1.0]), **pad)  # fmt: skip
+        elif crop_per_view:
+            view = fn.random_resized_crop(decoded, size=[size, size], **crop)
+        else:
+            view = resized
         if train and cfg.randaugment_n > 0:
             view = rand_augment.rand_augment(
                 view, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31, shape=[size, size]

@@ -68,15 +68,66 @@ class TrainSampler(Sampler):
         return self.per_rank - self.start
 
 
+def mean_colour(cfg: DataConfig) -> list[int]:
+    """The uint8 colour that normalises to (about) zero: what padding fills with."""
+    return [round(m * 255) for m in cfg.mean]
+
+
+class LongSideCrop:
+    """A random longer side in [low, high] (aspect kept, bicubic), then a random `size` x `size` window:
+    a random crop where the image is larger, the image at a random place where it is smaller, the rest
+    `fill` (Puzzle-CAM's RandomResize and RandomCrop, tools/ai/augment_utils.py). Draws from torch's
+    generator, as the v2 transforms do."""
+
+    def __init__(self, low: int, high: int, size: int, fill: list[int]):
+        self.low, self.high, self.size, self.fill = low, high, size, fill
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        h, w = image.shape[-2:]
+        scale = int(torch.randint(self.low, self.high + 1, ())) / max(h, w)
+        h, w = round(h * scale), round(w * scale)
+        image = TF.resize(image, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        canvas = torch.tensor(self.fill, dtype=image.dtype).view(-1, 1, 1).repeat(1, self.size, self.size)
+        (dst_x, src_x), (dst_y, src_y) = (self._offsets(n) for n in (w, h))  # x first, as the original
+        ch, cw = min(self.size, h), min(self.size, w)
+        canvas[:, dst_y : dst_y + ch, dst_x : dst_x + cw] = image[:, src_y : src_y + ch, src_x : src_x + cw]
+        return canvas
+
+    def _offsets(self, n: int) -> tuple[int, int]:
+        """(where the image starts on the canvas, where the window starts on the image) along one side."""
+        space = n - self.size
+        if space > 0:
+            return 0, int(torch.randint(0, space + 1, ()))
+        return int(torch.randint(0, -space + 1, ())), 0
+
+
+def top_left_pad(image: torch.Tensor, size: int, fill: list[int]) -> torch.Tensor:
+    """The image as it is at the top-left of a `size` x `size` canvas of `fill`, cropped where larger
+    (OASS's evaluation: Top_Left_Crop)."""
+    canvas = torch.tensor(fill, dtype=image.dtype).view(-1, 1, 1).repeat(1, size, size)
+    h, w = min(size, image.shape[-2]), min(size, image.shape[-1])
+    canvas[:, :h, :w] = image[:, :h, :w]
+    return canvas
+
+
 def image_transform(cfg: DataConfig, train: bool):
     """uint8 CHW -> uint8 CHW at image_size x image_size, with the training augmentations (a v2.Compose)."""
+    from functools import partial
+
     from torchvision.transforms import v2  # not at import: torchvision takes seconds (--help loads this)
 
     size = (cfg.image_size, cfg.image_size)
     if not train:
+        if cfg.eval_resize == "pad":
+            return v2.Compose([partial(top_left_pad, size=cfg.image_size, fill=mean_colour(cfg))])
         return v2.Compose([v2.Resize(size, antialias=True)])
     if cfg.resize == "random_resized_crop":
         steps = [v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), antialias=True)]
+    elif cfg.resize == "long_side":
+        steps = [LongSideCrop(*cfg.long_side, cfg.image_size, mean_colour(cfg))]
     else:
         steps = [v2.Resize(size, antialias=True)]
     if cfg.hflip:
@@ -95,8 +146,8 @@ class ShardDataset(Dataset):
     def __init__(self, index: ShardIndex, cfg: DataConfig, train: bool, seed: int, views: int = 1):
         self.index, self.train, self.seed, self.views = index, train, seed, views
         self.transform = image_transform(cfg, train)
-        # a whole-image resize can decode at reduced size; a random crop wants the full resolution
-        squash = not train or cfg.resize == "squash"
+        # a whole-image resize can decode at reduced size; a crop or a pad wants the full resolution
+        squash = cfg.resize == "squash" if train else cfg.eval_resize == "squash"
         self.draft_size = (cfg.image_size, cfg.image_size) if squash else None
         self.num_classes = index.info.num_classes
 

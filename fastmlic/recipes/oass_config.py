@@ -8,32 +8,35 @@ from typing import Literal
 
 from ..config import RECIPE_CONFIGS, RecipeConfig, option, recipe_name
 
-Strategy = Literal["max", "cmax", "ctopk", "ctopk_w"]  # where the key point of a class's CAM is
+Strategy = Literal["max", "cmax", "ctopk", "ctopk_w"]  # where a cut's key point is
 STRATEGIES = typing.get_args(Strategy)
 
 
 @RECIPE_CONFIGS.register("oass")
 @dataclass
 class OASSConfig(RecipeConfig):
-    """OASS: Puzzle-CAM's losses + object-aware patch consistency (EMA teacher) + class-specific instances."""
+    """OASS: the CSI head's loss + the cuts' reconstruction and classification (Akimoto-Cris/OASSMLL)."""
 
     name: str = recipe_name("oass")
-    keypoint: str = option("cmax", f"key-point strategy on the teacher's CAMs: {' | '.join(STRATEGIES)}")
-    topk: int = option(3, "ctopk, ctopk_w: local maxima per class whose centre is the key point", low=1)
+    keypoint: Strategy = option(
+        "cmax", "key points of the student's CAMs: max (one per image; the student cuts for itself), cmax, "
+        "ctopk, ctopk_w (one per present class; an EMA teacher cuts)"
+    )
+    topk: int = option(5, "ctopk, ctopk_w: the local maxima whose (weighted) centre is the key point", low=1)
+    radius_typo: bool = option(
+        True, "ctopk: keep the official radius test that uses the row twice when a CAM has more than topk "
+        "peaks (the published numbers have it); false tests the distance"
+    )
     teacher_decay: float = option(
-        0.999, "decay of the EMA teacher that gives key points, patches, instances", low=0, below=1
+        0.99, "the EMA teacher's decay, reached by min(1 - 1 / (t + 1), decay)", low=0, below=1
     )
-    patch_scale: float = option(
-        0.5, "side of an object-centred patch as a fraction of the image side", above=0, high=1
+    last_stride: int = option(
+        1, "the ResNet's last stage at stride 1 without dilation, as the official (output stride 16), or "
+        "2: the backbone's own", choices=(1, 2)
     )
-    pieces: int = option(4, "Puzzle-CAM's tiles per image, a square number (4: 2 x 2)")
-    alpha_p: float = option(0.5, "weight of the merged tiles' classification term (Puzzle-CAM's pcl)", low=0)
-    alpha_re: float = option(
-        3.0, "final weight of the reconstruction term (full CAMs vs merged tile CAMs)", low=0
-    )
+    alpha_p: float = option(0.5, "weight of the cuts' classification term (the README's 0.5)", low=0)
+    alpha_re: float = option(3.0, "final weight of the reconstruction term (the README's 3.0)", low=0)
     alpha_schedule_re: float = option(
-        0.05, "part of training over which the re weight rises from 0 (0: no ramp)", low=0, high=1)
-    alpha_ss: float = option(
-        1.0, "weight of the object-aware patch consistency term (ours: no paper value)", low=0
+        0.05, "part of training over which the reconstruction weight rises from 0 (the README's 0.05; 0: "
+        "none)", low=0, high=1
     )
-    alpha_csi: float = option(1.0, "weight of the class-specific instance term (ours: no paper value)", low=0)
