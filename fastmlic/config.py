@@ -40,6 +40,16 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, so `--train.amp=off` became False; only true and false are
+# (YAML 1.2's rule), and an enum value is read as written
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 

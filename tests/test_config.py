@@ -141,6 +141,17 @@ def test_ints_widen_to_float_and_strings_stay_strings():
     assert cfg.model.pretrained_path is None
 
 
+def test_only_true_and_false_are_booleans(tmp_path):
+    # YAML 1.1 reads off/yes/no as booleans: `amp: off` would become False and fail its choices
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(path).train.amp == "off"
+    assert load_config(None, ["--train.amp=off"]).train.amp == "off"
+    assert load_config(None, ["--ema.enabled=False"]).ema.enabled is False
+    with pytest.raises(ConfigError, match=r"ema\.enabled: expected bool"):
+        load_config(None, ["--ema.enabled=yes"])
+
+
 def test_cross_field_checks_name_the_flag():
     with pytest.raises(ConfigError, match="optim.pct_start"):
         load_config(None, ["--optim.pct_start=1.5"])

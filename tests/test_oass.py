@@ -411,6 +411,14 @@ def test_gradients_reach_what_the_official_code_trains_and_nothing_else(rng, str
         assert recipe.teacher.training  # the official teacher never leaves train mode
 
 
+def test_without_the_cuts_terms_no_piece_is_cut_or_run(rng, monkeypatch):
+    recipe, module = tiny_recipe("--recipe.alpha_p=0", "--recipe.alpha_re=0")
+    monkeypatch.setattr(module, "pieces", lambda cuts: pytest.fail("pieces ran with both weights at 0"))
+    monkeypatch.setattr(recipe.teacher, "pieces", lambda cuts: pytest.fail("the teacher ran"))
+    terms = recipe.training_step(module, tiny_batch(rng, [[1, 0, 1, 0], [0, 0, 0, 1]]), context(step=50))
+    assert set(terms) == {"cls"} and terms["cls"].value.requires_grad
+
+
 def test_the_teacher_follows_the_student_and_resumes_from_its_state(rng):
     recipe, module = tiny_recipe("--recipe.teacher_decay=0.99")
     name = "model.head.classifier.weight"

@@ -289,13 +289,14 @@ def ghost_batchnorm(module: nn.Module, group: int):
                 stats = folded.detach().float()
                 means = stats.mean((0, 2, 3)).view(g, c)
                 variances = stats.var((0, 2, 3), unbiased=True).view(g, c)
-                mean, var = bn.running_mean.clone(), bn.running_var.clone()
+                # in place through .data: the buffers stay the module's own (DDP broadcasts those), and the
+                # full image's forward, which saved them, is not invalidated (its training-mode backward
+                # reads the batch statistics, never these)
+                mean, var = bn.running_mean.data, bn.running_var.data
                 for i in range(g):  # one update per cut, in order
                     mean.lerp_(means[i].to(mean), bn.momentum)
                     var.lerp_(variances[i].to(var), bn.momentum)
-                # new tensors, not in place: the full image's forward saved the old ones for its backward
-                bn.running_mean, bn.running_var = mean, var
-                bn.num_batches_tracked = bn.num_batches_tracked + g
+                bn.num_batches_tracked.data.add_(g)
         return out.view(group, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
     layers = [m for m in module.modules() if type(m) is nn.BatchNorm2d]
@@ -464,6 +465,8 @@ class OASS(Recipe):
 
     def training_step(self, net, batch, ctx) -> dict[str, Term]:
         r = self.cfg.recipe
+        if r.alpha_p == 0 and r.alpha_re == 0:  # no term reads the cuts: neither cut nor run the pieces
+            return {"cls": self.classification(net(batch.images)["logits"], batch)}
         labels = (batch.targets > 0.5).float()
         out = net(batch.images, labels)
         points = out["points"]
