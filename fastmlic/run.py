@@ -46,7 +46,7 @@ def epoch_state(run: Path, epoch: int) -> Path:
     return run / "epochs" / f"epoch-{epoch:03d}.pt"
 
 
-def _write_atomically(path: Path, data: bytes | memoryview) -> None:
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write to a hidden temporary file beside `path`, flush it to disk, then rename it into place: the
     old file stays until the new one is complete, and on any failure no temporary file remains."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -105,7 +105,7 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         if self.is_main:
-            _write_atomically(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+            write_atomically(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
 
     def reopen(self) -> None:
         """An existing run continues (`--resume`): the log appends to its log.txt."""
@@ -170,7 +170,7 @@ class RunDir:
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         keep = [line for line in rows if _before(json.loads(line), step, epochs)]
         if len(keep) < len(rows):
-            _write_atomically(path, "".join(line + "\n" for line in keep).encode())
+            write_atomically(path, "".join(line + "\n" for line in keep).encode())
         return len(rows) - len(keep)
 
     def enable_tensorboard(self) -> None:
@@ -189,7 +189,7 @@ class RunDir:
             buffer = io.BytesIO()
             torch.save(state, buffer)
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, buffer.getbuffer())
+            write_atomically(path, buffer.getbuffer())
         return path
 
     # ------------------------------------------------------------------ small files
@@ -197,7 +197,7 @@ class RunDir:
     def write_json(self, name: str, data: dict) -> Path:
         path = self.path / name
         if self.is_main:
-            _write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
+            write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
         return path
 
     def close(self) -> None:

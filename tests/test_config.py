@@ -59,7 +59,7 @@ print("torch imported" if "torch" in sys.modules else "no torch")
 @pytest.mark.parametrize("command", [
     ["fastmlic/train.py"], ["fastmlic/train.py", "--cfg", "mulcon_stage2_digits"], ["fastmlic.config"],
     ["fastmlic.evaluate"], ["fastmlic.predict"], ["fastmlic.report"], ["fastmlic.pipeline"],
-    ["fastmlic.pipeline", "--cfg", "psd_digits"], ["tools/class_partitions.py"],
+    ["fastmlic.pipeline", "--cfg", "psd_digits"], ["fastmlic.convert"], ["tools/class_partitions.py"],
     ["tools/make_shards.py"], ["tools/label_embeddings.py"],
 ])  # fmt: skip
 def test_every_command_answers_help_without_importing_torch(command):
@@ -106,6 +106,9 @@ def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
 def test_unknown_key_names_the_closest_valid_one(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*did you mean 'optim\.lr'"):
         load_config(None, ["--optim.lrr=0.1"])
+    # a recipe config's class attribute (what of its paper's releases `convert` reads) is no key
+    with pytest.raises(ConfigError, match=r"unknown config key 'recipe\.released' of recipe 'coco'"):
+        load_config("coco_digits", ["--recipe.released=x"])
     path = tmp_path / "typo.yaml"
     path.write_text("train:\n  epocs: 3\n")
     with pytest.raises(ConfigError, match=r"typo\.yaml.*'train\.epocs'.*'train\.epochs'"):

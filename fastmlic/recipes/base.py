@@ -22,7 +22,9 @@ A recipe has:
 - `after_step(module, ctx)`: a hook after every optimiser step (e.g. updating that EMA teacher);
 - `state_dict()` / `load_state_dict()`: state that changes in training beyond the trainable weights;
 - `stages(cfg, root)`: the runs that make its result, for `python -m fastmlic.pipeline` (default: one),
-  each a `Stage`.
+  each a `Stage`;
+- `read_released(path, cfg, classes, options)`: its paper's released checkpoints as its module's
+  weights, for `python -m fastmlic.convert --from NAME` (its config's `released` says what they are).
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from torch import nn
 from ..checkpoint import Checkpoint
 from ..config import Config, load_config
 from ..data import Batch
+from ..errors import InputError
 from ..losses import build_loss
 from ..models import MLICModel, build_model
 from ..plugins import load_recipes
 from ..registry import Registry
+from ..released import Released, ReleaseOptions
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
@@ -174,6 +178,13 @@ class Recipe:
 
     def build_module(self, trained: dict | None = None) -> RecipeModule:
         return RecipeModule(build_model(self.cfg.model, len(self.classes)))
+
+    @classmethod
+    def read_released(cls, path: Path, cfg: Config, classes: list[str], options: ReleaseOptions) -> Released:
+        """The official code's released checkpoint at `path` in this recipe's terms: the state dict of
+        `build_module()`'s module, the class names of its rows in their order (the official code's; the
+        data set's names are `classes`, in the shards' order), and what else the run needs."""
+        raise InputError(f"recipe.name={cfg.recipe.name} reads no released checkpoints")
 
     def initial_weights(self, ckpt: Checkpoint, what: str) -> dict:
         """The state dict that `train.init_from` (`ckpt`, named `what` in errors) starts this run from;

@@ -150,6 +150,12 @@ class CoCoModule(RecipeModule):
 class CoCo(Recipe):
     head_outputs = CooccurrenceHead.outputs
 
+    @classmethod
+    def read_released(cls, path, cfg, classes, options):
+        from .coco_released import read_model
+
+        return read_model(path, cfg, classes, options)
+
     def build_module(self, trained: dict | None = None) -> CoCoModule:
         r = self.cfg.recipe
         return CoCoModule(build_model(self.cfg.model, len(self.classes), encoder_layers=r.encoder_layers,

@@ -13,6 +13,7 @@ class CoCoConfig(RecipeConfig):
     """CoCo: ASL on the graph-refined logits + the contrastive co-occurrence term."""
 
     name: str = recipe_name("coco")
+    released = "jasonseu/CoCo's models (train.py's EMA state dict: backbone, attention, net, encoder, fc)"
     weight: float = option(
         1.0, "weight of the contrastive co-occurrence term (the official lamda; 0: off)", low=0, zero="off"
     )

@@ -128,6 +128,12 @@ class CPSD(Recipe):
         return [*stages, Stage("student", root / "student", needs=tuple(teachers),
                                config=partial(student_config, cfg, root))]  # fmt: skip
 
+    @classmethod
+    def read_released(cls, path, cfg, classes, options):
+        from .cpsd_released import read_student
+
+        return read_student(path, cfg, classes, options)
+
     def setup(self, module, ctx) -> None:
         if self.cfg.recipe.teacher_bn == "batch":  # the teachers stay frozen; their BatchNorm normalises
             for teacher in self.teachers.values():  # by each batch's statistics, as the original's do

@@ -28,6 +28,7 @@ class CPSDConfig(RecipeConfig):
     """
 
     name: str = recipe_name("cpsd")
+    released = "Robbie-Xu/CPSD's students (dis_B_cpsd.py's model or EMA .ckpt: features + classify)"
     cgp_teachers: list[str] = option([], "checkpoints of the co-occurrence (CGP) part teachers, one per part")
     dgp_teachers: list[str] = option([], "checkpoints of the dis-occurrence (DGP) part teachers, one a part")
     alpha: float = option(

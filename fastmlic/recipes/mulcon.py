@@ -252,6 +252,12 @@ class MulCon(Recipe):
     head_outputs = ("logits", "label_features")
 
     @classmethod
+    def read_released(cls, path, cfg, classes, options):
+        from .mulcon_released import read_networks
+
+        return read_networks(path, cfg, classes, options)
+
+    @classmethod
     def check(cls, cfg) -> None:
         r = cfg.recipe
         if r.init_ema and not (r.stage == 2 and cfg.train.init_from):

@@ -13,6 +13,7 @@ class MulConConfig(RecipeConfig):
     """MulCon: stage 1 classification on label-level attention; stage 2 + label-level contrastive term."""
 
     name: str = recipe_name("mulcon")
+    released = "SonDaoDuy/MulCon's [ema_]epoch_N_net_{E,A,C_i,P}.pth (a folder, or one of its files)"
     stage: int = option(
         2, "1: classification only; 2: + the contrastive term on two views (from stage 1)", choices=(1, 2)
     )

@@ -164,6 +164,12 @@ class SGRE(Recipe):
     head_outputs = ("logits", "label_logits")
     head_inputs = ("embeddings",)
 
+    @classmethod
+    def read_released(cls, path, cfg, classes, options):
+        from .sgre_released import read_model
+
+        return read_model(path, cfg, classes, options)
+
     def embeddings_file(self) -> tuple[Path, str]:
         """The embeddings file `recipe.embeddings` names, and the command that writes it."""
         d, name = self.cfg.data, self.cfg.recipe.embeddings

@@ -13,6 +13,7 @@ class SGREConfig(RecipeConfig):
     """SGRE: ASL on the reverse-attention logits + weight x ASL on the label-attention logits."""
 
     name: str = recipe_name("sgre")
+    released = "jasonseu/SGRE's models (the EMA state dict; --embeddings: its data/<data>/bert.npy)"
     embeddings: str = option(
         "minilm",
         "class-name embeddings: a backend (SHARDS/DATASET/label_embeddings.NAME.npy, written by "
