@@ -17,11 +17,12 @@ from .checkpoint import Checkpoint, class_difference, file_sha256, load_checkpoi
 from .config import Config, ConfigError, ModelConfig, load_config
 from .data import Batch, build_loader, split_json
 from .distributed import Dist
-from .engine import TrainParts, autocast, combine_terms, resolve_amp
+from .engine import TrainParts, combine_terms
 from .errors import InputError
 from .models import HEADS
 from .models.hub import weights_source
 from .optim import build_optimizer, build_scheduler
+from .precision import autocast, resolve_amp
 from .recipes.base import RECIPES, DataRequest, Recipe, RecipeModule, StepContext
 from .registry import UnknownName
 
@@ -118,7 +119,7 @@ def load_for_inference(path: str | Path, overrides: list[str], device: torch.dev
     module = build_recipe(weights_from_checkpoint(cfg), ckpt.classes).build_module(trained=ckpt.model)
     load_weights(module, ckpt.model, ckpt.classes, ckpt.classes, [], str(path))
     module = module.to(device, memory_format=memory_format(cfg)).eval()
-    return Inference(module, cfg, ckpt, resolve_amp(cfg.train.amp, device))
+    return Inference(module, cfg, ckpt, resolve_amp(cfg.train.amp, device)[0])
 
 
 def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, dict[str, str]]:

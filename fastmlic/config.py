@@ -136,7 +136,7 @@ class DataConfig:
     std: list[float] = option([0.229, 0.224, 0.225], "per-channel std in [0, 1]; [1, 1, 1] for none", above=0)
     backend: Literal["auto", "dali", "torch"] = option(
         "auto", "data loader: DALI (decodes on the GPU, or in its CPU mode) or the PyTorch DataLoader; auto "
-        "picks DALI on a GPU, and on CPU DALI only with RandAugment off (data.randaugment_n=0), else PyTorch"
+        "picks DALI where it is installed (the faster on CPU too), else PyTorch"
     )
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the image tensors")
     shuffle_buffer: int = option(
@@ -212,10 +212,14 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = option(40, "training epochs", low=1)
     seed: int = option(0, "random seed for model init, shuffling and augmentation")
-    amp: Literal["bf16", "fp16", "off"] = option(
-        "bf16", "mixed precision: bf16 (no scaler), fp16 (GradScaler) or off"
+    amp: Literal["auto", "bf16", "fp16", "off"] = option(
+        "auto", "mixed precision: bf16 (no scaler), fp16 (GradScaler), off (fp32), or auto: bf16 where the "
+        "device computes in it (CUDA with bf16, CPUs with avx512_bf16/amx_bf16), fp16 on older CUDA, else off"
     )
-    channels_last: bool = option(True, "NHWC memory format for images and the model")
+    channels_last: bool = option(
+        True, "NHWC memory format for images and the model (faster on CPU in fp32 and in bf16: "
+        "benchmarks/precision.py)"
+    )
     out_dir: str = option("runs", "directory under which run folders are created")
     name: str | None = option(None, "run folder name (default: DATASET-BACKBONE-DATE-TIME)")
     device: Literal["auto", "cuda", "cpu"] = option("auto", "training device; auto = CUDA when available")

@@ -16,9 +16,8 @@ from tqdm import tqdm
 from .distributed import all_gather_objects, all_reduce_sum
 from .errors import UserError
 from .metrics import multilabel_metrics
+from .precision import autocast
 from .recipes.base import Recipe, StepContext, Term
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(UserError):
@@ -27,18 +26,6 @@ class NonFiniteLoss(UserError):
 
 # what to try when training diverges: a NaN loss, or a model whose scores no longer depend on the image
 DIVERGENCE_HINT = "try a lower optim.lr, optim.grad_clip, or train.amp=bf16 instead of fp16"
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The mixed precision a device runs: fp16 needs CUDA's loss scaling, so elsewhere it becomes bf16
-    (fp32's range, no scaler). Decided once, by the trainer's builder."""
-    return "bf16" if amp == "fp16" and device.type != "cuda" else amp
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 @dataclass

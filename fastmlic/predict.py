@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from .builder import load_for_inference
     from .data.batch import normalize_uint8
-    from .engine import autocast
+    from .precision import autocast
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_for_inference(args.ckpt, [], device)

@@ -35,9 +35,9 @@ from .engine import (
     NonFiniteLoss,
     collapse,
     evaluate,
-    resolve_amp,
     train_one_epoch,
 )
+from .precision import resolve_amp
 from .preemption import Preempted, StopSignals
 from .recipes.base import RECIPES, StepContext
 from .run import RunDir
@@ -63,7 +63,7 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
-        self.amp = resolve_amp(t.amp, dist.device)
+        self.amp, self.amp_reason = resolve_amp(t.amp, dist.device)
         name = t.name or RunDir.default_name(cfg.data.dataset, cfg.model.backbone)
         self.run = RunDir(resume or Path(t.out_dir) / broadcast_object(name, dist.world_size), dist.is_main,
                           dist.rank)  # fmt: skip
@@ -167,7 +167,8 @@ class Trainer:
             f"run {run.path}: recipe {cfg.recipe.name}, {len(self.classes)} classes, "
             f"{self.train_loader.info.num_samples} train / {self.val_loader.info.num_samples} "
             f"{cfg.data.val_split} images, {self.train_loader.backend} data, "
-            f"{dist.world_size} x {dist.device.type}, amp {self.amp}"
+            f"{dist.world_size} x {dist.device.type}, amp {self.amp} ({self.amp_reason}), "
+            f"{'channels-last' if t.channels_last else 'contiguous'} tensors"
         )
         ctx = self.ctx
         ctx.step, ctx.epoch, ctx.ema = s.step, s.epoch, p.ema

@@ -32,7 +32,7 @@ def test_help_shows_the_values_the_command_line_resolves_to(capsys):
     text = capsys.readouterr().out
     assert done.value.code == 0
     assert "--data.image_size=48" in text and "default 448" in text and "--model.backbone='resnet18'" in text
-    assert "--cfg digits" in text and "auto picks DALI on a GPU, and on CPU DALI only with" in text
+    assert "--cfg digits" in text and "auto picks DALI where it is installed" in text
     with pytest.raises(SystemExit):
         train.parse_args(["--cfg", "coco_digits", "--data.image_size=32", "--model.backbone=resnet10t", "-h"])
     text = capsys.readouterr().out

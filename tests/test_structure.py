@@ -10,7 +10,7 @@ from conftest import ROOT
 
 # lowest first: a module imports only from its own layer or lower ones
 LAYERS = [
-    ["errors", "registry", "plugins", "preemption"],
+    ["errors", "registry", "plugins", "preemption", "precision"],
     ["config", "shards", "kernels"],
     ["datasets", "data", "models", "losses", "metrics", "distributed", "checkpoint", "optim", "run",
      "released"],

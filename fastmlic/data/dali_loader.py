@@ -97,9 +97,11 @@ def _graph(info: SplitInfo, root: Path, cfg: DataConfig, train: bool, rank: int,
         else:
             view = resized
         if train and cfg.randaugment_n > 0:
-            view = rand_augment.rand_augment(
-                view, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31, shape=[size, size]
-            )
+            # nearest-neighbour warps, as torchvision's RandAugment (the PyTorch backend): DALI's default,
+            # linear, made its CPU RandAugment 2.3x slower (benchmarks/dali_randaugment.py)
+            view = rand_augment.rand_augment(view, n=cfg.randaugment_n, m=cfg.randaugment_m,
+                                             num_magnitude_bins=31, shape=[size, size],
+                                             interp_type=types.INTERP_NN)  # fmt: skip
         mirror = fn.random.coin_flip(probability=0.5) if train and cfg.hflip else 0
         images.append(fn.crop_mirror_normalize(
             view,
