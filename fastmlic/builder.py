@@ -18,7 +18,7 @@ from .config import Config, ConfigError, ModelConfig, load_config
 from .data import Batch, build_loader, split_json
 from .distributed import Dist
 from .engine import TrainParts, combine_terms
-from .errors import InputError
+from .errors import InputError, MissingInput
 from .models import HEADS
 from .models.hub import weights_source
 from .optim import build_optimizer, build_scheduler
@@ -72,6 +72,19 @@ def memory_format(cfg: Config) -> torch.memory_format:
 
 def build_recipe(cfg: Config, classes: list[str]) -> Recipe:
     return RECIPES.lookup(cfg.recipe.name)(cfg, classes)
+
+
+def check_init_from(cfg: Config) -> None:
+    """That `train.init_from` names a checkpoint, before any data is read. A recipe whose stages chain
+    (one run starting from another's) is run whole by the pipeline command: the error says so."""
+    path = cfg.train.init_from
+    if not path or Path(path).exists():
+        return
+    stages = RECIPES.lookup(cfg.recipe.name).stages(cfg, Path(cfg.train.out_dir) / "PIPELINE")
+    names = ", ".join(s.name for s in stages)
+    chained = (f"; this recipe's stages ({names}) run in order, each from the one before, with python -m "
+               "fastmlic.pipeline --cfg PRESET") if len(stages) > 1 else ""  # fmt: skip
+    raise MissingInput(f"train.init_from={path}: no such checkpoint{chained}")
 
 
 def weights_from_checkpoint(cfg: Config) -> Config:

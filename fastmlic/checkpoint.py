@@ -73,7 +73,14 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint file, or a run folder's best.pt."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            held = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt file"
+            raise MissingInput(f"checkpoint {path} is a folder without best.pt (it holds {held}): pass a "
+                               "checkpoint file, such as RUN/best.pt or RUN/last.pt")  # fmt: skip
+        path = path / "best.pt"
     if not path.is_file():
         raise MissingInput(f"checkpoint {path} does not exist")
     try:

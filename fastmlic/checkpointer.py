@@ -44,11 +44,31 @@ OPERATIONAL_KEYS = {
 CHECKED_KEYS = {"train.epochs": "larger than the run's", "data.shards": "the same splits (classes, sizes)"}
 
 
+def unfinished_saves(path: Path) -> list[Path]:
+    """The temporary files of saves an interrupted process did not finish (run.write_atomically's)."""
+    return [*path.glob(".*.tmp*"), *(path / "checkpoints").glob(".*.tmp*")]
+
+
+def nothing_to_resume(path: Path) -> str:
+    """Why RUN cannot be resumed and what to run instead; removes the unfinished saves it finds."""
+    removed = unfinished_saves(path)
+    for leftover in removed:
+        leftover.unlink()
+    said = f"--resume {path}: no checkpoint there (nothing to resume)"
+    if removed:
+        said += f"; removed {', '.join(p.name for p in removed)}, a save the stopped process did not finish"
+    if (path / "config.yaml").is_file():
+        said += (f". The run stopped before its first checkpoint: start it again with python "
+                 f"fastmlic/train.py --cfg {path / 'config.yaml'} --train.name={path.name}-again (or delete "
+                 f"{path} and rerun your command)")  # fmt: skip
+    return said
+
+
 def check_resume(run: RunDir, config: dict) -> list[str]:
     """Stops with the differing keys when the command line asks for another run than RUN holds, before
     anything is built. Returns the changed keys whose condition `Checkpointer.restore` checks."""
     if not resumable(run.path):
-        raise MissingInput(f"--resume {run.path}: no checkpoint there (nothing to resume)")
+        raise MissingInput(nothing_to_resume(run.path))
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     changed = {f"{s}.{k}": (saved.get(s, {}).get(k), v) for s, section in config.items()
                for k, v in section.items() if saved.get(s, {}).get(k) != v}  # fmt: skip
@@ -176,7 +196,7 @@ class Checkpointer:
         """The newest training state that reads; each one that does not is reported by name and the next
         older one is tried (last.pt last: it is also one of the step files unless rotated out)."""
         run = self.run
-        for leftover in [*run.path.glob(".*.tmp*"), *(run.path / "checkpoints").glob(".*.tmp*")]:
+        for leftover in unfinished_saves(run.path):
             leftover.unlink()  # a save the interrupted process did not finish
             run.log(f"removed {leftover.name}: an unfinished save of the interrupted attempt")
         failures = []
@@ -240,6 +260,12 @@ class Checkpointer:
         self.saved = (state.step, path)
         position = f", batch {state.batches}/{len(self.train_loader)}" if state.batches else ""
         dropped = f"; dropped {dropped} metrics rows written after it" if dropped else ""
+        if state.epoch >= cfg.train.epochs and not state.batches:
+            best = run.path / "best.pt"
+            run.log(f"{run.path} had finished its {state.epoch} epochs ({path.name}): nothing to train. To "
+                    f"train it longer: --resume {run.path} --train.epochs=N with N above {state.epoch}; to "
+                    f"start a new run from its weights: --train.init_from={best}")  # fmt: skip
+            return state
         run.log(f"resumed {run.path} from {path.name}: epoch {state.epoch + 1}{position}, step "
                 f"{state.step}{dropped}")  # fmt: skip
         return state

@@ -2,7 +2,7 @@
 without a traceback (the message already names the file, key or step). Bad input is a `UserError`
 (fastmlic/errors.py) and nothing else: an exception of any other type, ours or a library's, is a bug
 and keeps its traceback. Under torchrun the message names the rank. A preempted training run exits
-with PREEMPTED (fastmlic/preemption.py)."""
+with PREEMPTED, or 130 after Ctrl-C (fastmlic/preemption.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import UserError
-from .preemption import PREEMPTED, Preempted
+from .preemption import Preempted
 
 
 def probability(text: str) -> float:
@@ -36,9 +36,9 @@ def exit_on_user_error(main: Callable[[], object]) -> int:
     where = f" (rank {rank})" if rank is not None else ""
     try:
         main()
-    except Preempted:
+    except Preempted as e:
         _cleanup()
-        return PREEMPTED  # the trainer has printed where it saved and how to continue
+        return e.exit_code  # the trainer has printed where it saved and how to continue
     except UserError as e:
         print(f"error{where}: {e}", file=sys.stderr)
         _cleanup()

@@ -471,7 +471,13 @@ def _file_items(cfg: str | Path | dict, source: str = "", chain: tuple[str, ...]
     if "base" in data:
         if not isinstance(data["base"], str) or where in chain:
             raise ConfigError(f"{where}: base must name one other config file, without cycles")
-        items = _file_items(data["base"], chain=(*chain, where))
+        base = data["base"]
+        if not isinstance(cfg, dict) and (Path(where).parent / base).is_file():  # beside the file naming it
+            base = str(Path(where).parent / base)
+        try:
+            items = _file_items(base, chain=(*chain, where))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: base: {e}" if where not in str(e) else str(e)) from None
     for section, values in data.items():
         if section == "base":
             continue

@@ -17,7 +17,7 @@ from .errors import MissingInput
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt or RUN/last.pt)")
+    p.add_argument("--ckpt", required=True, help="RUN/best.pt, RUN/last.pt, or RUN (its best.pt)")
     p.add_argument("--split", help="split to evaluate (default: the run's data.val_split)")
     p.add_argument("--threshold", type=probability, help="score threshold for CP/CR/... (default: the run's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     from .builder import check_recipe  # torch: after `--help`
     from .distributed import cleanup, init_distributed
+    from .preemption import Preempted
     from .recipes.base import RECIPES
 
     cfg = load_config(args.cfg, overrides)
@@ -177,7 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
         if dist.is_main:
             what = "resuming" if status == "interrupted" else "running"
             print(f"[{i}/{len(chosen)}] {stage.name}: {what} ({stage.folder})", flush=True)
-        summary = run_stage(stage, dist)
+        try:
+            summary = run_stage(stage, dist)
+        except Preempted:  # the stage's run has said where it saved; the pipeline continues from there
+            if dist.is_main:
+                command = " ".join(sys.argv[1:] if argv is None else argv)
+                print(f"or continue the pipeline: {PROG} {command}", flush=True)
+            raise
         ran.append(stage.name)
         if summary is not None and not summary["finished"]:
             stopped = stage.name

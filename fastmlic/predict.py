@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,21 @@ from .errors import InputError
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """uint8 HWC at size x size (squash resize, as evaluation does)."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    """uint8 HWC at size x size (squash resize, as evaluation does). A JPEG decodes at the smallest
+    power-of-two reduction still at least `size` on each side, so a huge photo costs little memory, and
+    PIL's warning about its pixel count (meant for code that decodes it whole) is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))
+            rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
     return np.array(rgb)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt)")
+    p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt; a run folder: its best.pt)")
     p.add_argument("--top-k", type=positive_int, help="report the k best labels of each image")
     p.add_argument("--threshold", type=probability,
                    help="report labels scoring at least this (default: the run's)")  # fmt: skip

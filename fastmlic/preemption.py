@@ -1,7 +1,8 @@
-"""Preemption: clusters ask a job to stop before they kill it. SIGTERM (Kubernetes, torchrun passing
-its own on, most schedulers) and SIGUSR1 (SLURM's `--signal=USR1@120`) make the trainer finish the
-current step, save a checkpoint on every rank's behalf, print the `--resume` command and exit with
-status PREEMPTED. A second signal stops the process at once, as if nothing listened."""
+"""Preemption: clusters ask a job to stop before they kill it, and people press Ctrl-C. SIGTERM
+(Kubernetes, torchrun passing its own on, most schedulers), SIGUSR1 (SLURM's `--signal=USR1@120`) and
+SIGINT make the trainer finish the current step, save a checkpoint on every rank's behalf, print the
+`--resume` command and exit: with status PREEMPTED, or 130 (a shell's code for Ctrl-C) after SIGINT.
+A second signal stops the process at once, as if nothing listened."""
 
 from __future__ import annotations
 
@@ -11,11 +12,26 @@ import sys
 import threading
 
 PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later", which a requeue script can test for
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a program Ctrl-C stopped
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
     """Training stopped on a signal after saving; the message says where and how to continue."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return INTERRUPTED if self.signum == signal.SIGINT else PREEMPTED
+
+
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: Ctrl-C reaches the whole process group, and the main process saves
+    after the step only if the workers that feed that step are still alive."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StopSignals:

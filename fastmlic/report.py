@@ -63,8 +63,16 @@ def read_log(run: Path) -> tuple[list[dict], list[dict]]:
         if (run / "best.pt").is_file():
             return [], []
         raise MissingInput(f"{path}: no metrics log (is {run} a fastmlic run folder?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "epoch"]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as e:  # a line cut by a crash or a full disk: the rest still reports
+            row = None
+            print(f"warning: {path} line {number} is not a JSON record ({e.msg}): skipped", file=sys.stderr)
+        if isinstance(row, dict):
+            rows.append(row)
+    return [r for r in rows if r.get("kind") == "train"], [r for r in rows if r.get("kind") == "epoch"]
 
 
 def plot_training(steps: list[dict], out: Path) -> Path:

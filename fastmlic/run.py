@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -126,6 +127,15 @@ class RunDir:
                 self._append("log.txt", text)
             else:
                 self._pending.append(text)
+
+    def discard(self) -> None:
+        """A new run that failed before its first step: its folder goes, so the same command may run
+        again (a folder left behind would be refused as another run's)."""
+        if self.is_main and self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+            print(f"removed {self.path}: the run stopped before its first step, so the same command can run "
+                  "again", file=sys.stderr, flush=True)  # fmt: skip
+        self._ready = False
 
     def log_error(self, text: str) -> None:
         """Errors reach log.txt from any rank (a line each; appends of one line do not interleave)."""

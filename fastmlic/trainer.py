@@ -19,6 +19,7 @@ from .builder import (
     build_loaders,
     build_module,
     build_parts,
+    check_init_from,
     check_recipe,
     check_weights,
     weights_from_checkpoint,
@@ -60,6 +61,7 @@ class Trainer:
         t = cfg.train
         check_recipe(cfg)
         check_weights(cfg)
+        check_init_from(cfg)
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
@@ -84,6 +86,7 @@ class Trainer:
                                         self.train_loader, self.val_loader)  # fmt: skip
         self.epoch_losses: list[float] = []  # of the epochs this process ran (a collapse check's history)
         self.collapsed: str | None = None  # why the model looks collapsed at the last epoch, if it does
+        self.fresh = not resume  # a new run's folder goes again if it fails before its first step
         if resume:
             self.state = self.checkpoints.restore(changed)
         else:  # made only now: bad input found while building leaves no folder behind
@@ -139,7 +142,7 @@ class Trainer:
         message = (f"preempted by {signal} at step {s.step} ({where}); saved {path}\n"
                    f"continue with: python fastmlic/train.py --resume {self.run.path}")  # fmt: skip
         self.run.log(message)
-        raise Preempted(message)
+        raise Preempted(message, self.signals.received)
 
     def fit(self) -> dict:
         """The epoch loop, listening for stop signals (see fastmlic/preemption.py); errors and warnings
@@ -158,6 +161,8 @@ class Trainer:
                 raise
             except BaseException as e:
                 self.run.log_error(f"{type(e).__name__}: {e}")
+                if self.fresh and self.state.step == 0:
+                    self.run.discard()
                 raise
 
     def _fit(self) -> dict:

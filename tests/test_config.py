@@ -207,6 +207,13 @@ def test_a_preset_extends_the_config_it_names_as_base(tmp_path):
     base.write_text("data:\n  imagesize: 3\n")
     with pytest.raises(ConfigError, match=r"mybase.yaml: unknown config key 'data.imagesize'"):
         load_config(preset)
+    # a base named relative to the file naming it is found beside it, whatever the working directory
+    base.write_text("data:\n  image_size: 224\n")
+    preset.write_text("base: mybase.yaml\n")
+    assert load_config(preset).data.image_size == 224
+    preset.write_text("base: nosuch.yaml\n")  # the error names the file holding the `base:`
+    with pytest.raises(ConfigError, match=r"preset.yaml: base: config file 'nosuch.yaml' not found"):
+        load_config(preset)
 
 
 def test_configs_load_from_several_threads_at_once():

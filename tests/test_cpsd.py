@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -373,3 +374,18 @@ def test_the_teachers_may_normalise_by_batch_statistics_as_the_official_student_
         assert {m.training for m in layers if isinstance(m, _BatchNorm)} == {training}
         assert not any(m.training for m in layers if not isinstance(m, _BatchNorm) and not list(m.children()))
         assert not any(p.requires_grad for p in recipe.teachers["cgp0"].parameters())
+
+
+def test_a_stopped_stage_says_how_to_continue_the_pipeline_and_exits_as_the_run(shards, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    from fastmlic.cli import exit_on_user_error
+    from fastmlic.preemption import INTERRUPTED, Preempted
+
+    def stopped(stage, dist):  # a stage's run stopped by Ctrl-C after saving, as Trainer raises it
+        raise Preempted("preempted by SIGINT at step 3; saved ...", signal.SIGINT)
+
+    monkeypatch.setattr(pipeline, "run_stage", stopped)
+    args = ["--cfg", "psd_digits", *tiny(shards, tmp_path), "--stage", "partition"]
+    assert exit_on_user_error(lambda: pipeline.main(args)) == INTERRUPTED
+    printed = capsys.readouterr().out
+    assert f"or continue the pipeline: python -m fastmlic.pipeline {' '.join(args)}" in printed

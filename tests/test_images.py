@@ -77,3 +77,18 @@ def test_structure_check_catches_truncation_and_keeps_good_jpegs(rng):
     ]:
         with pytest.raises(BadImage, match=message):
             prepare_image(bad, check="structure")
+
+
+def test_predict_decodes_a_huge_jpeg_reduced_and_without_pils_pixel_warning(tmp_path, monkeypatch):
+    import warnings
+
+    import numpy as np
+
+    from fastmlic.predict import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3_000_000)  # PIL warns above it, as for 2000 x 2000
+    Image.new("RGB", (2000, 2000), (200, 10, 10)).save(tmp_path / "huge.jpg", quality=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning fails the test
+        image = load_image(tmp_path / "huge.jpg", 64)
+    assert image.shape == (64, 64, 3) and np.abs(image.reshape(-1, 3).mean(0) - (200, 10, 10)).max() < 4

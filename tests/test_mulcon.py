@@ -158,6 +158,10 @@ def test_both_stages_end_to_end_on_digits(shards, tmp_path):
     tiny = [f"--data.shards={shards}", f"--train.out_dir={tmp_path}", "--data.image_size=32",
             "--data.workers=0", "--data.backend=torch", "--model.embed_dim=32", "--model.backbone=resnet10t",
             "--train.log_every=2"]  # fmt: skip
+    alone = r"init_from=.*no such checkpoint; this recipe.s stages \(stage1, stage2\) run .*pipeline"
+    with pytest.raises(FileNotFoundError, match=alone):
+        train.main(["--cfg", "mulcon_stage2_digits", *tiny])  # stage two alone, before stage one
+    assert not (tmp_path / "mulcon_stage2_digits").exists()
     one = train.main(["--cfg", "mulcon_stage1_digits", *tiny, "--train.epochs=2"])
     stage1 = tmp_path / "mulcon_stage1_digits"
     assert one["epochs"] == 2 and (stage1 / "last.pt").is_file()

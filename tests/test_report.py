@@ -58,6 +58,17 @@ def test_report_writes_valid_plots_and_links_only_existing_files(run):
         assert needle in text
 
 
+def test_a_cut_metrics_line_is_skipped_naming_the_file_and_line(run, tmp_path, capsys):
+    copy = tmp_path / "cut"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    lines.insert(2, lines[2][: len(lines[2]) // 2])  # as a crash mid-write leaves it
+    (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    text = report.main([str(copy)]).read_text()
+    assert f"warning: {copy / 'metrics.jsonl'} line 3 is not a JSON record" in capsys.readouterr().err
+    assert "best mAP" in text
+
+
 def test_report_per_class_ap_equals_the_metrics_module(run):
     report.main([str(run)])
     in_report = json.loads((run / "report" / "per_class_ap.json").read_text())

@@ -22,7 +22,7 @@ from conftest import ROOT
 
 from fastmlic import train
 from fastmlic.data.dali_loader import dali_available
-from fastmlic.preemption import PREEMPTED
+from fastmlic.preemption import INTERRUPTED, PREEMPTED
 from fastmlic.run import RunFolderError
 
 STEPS_PER_EPOCH = 8  # 256 training images, batches of 32
@@ -138,6 +138,25 @@ def test_sigterm_saves_mid_epoch_exits_preempted_and_resume_continues(
     assert_same_run(run, uninterrupted(backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_saves_mid_epoch_without_a_traceback_and_resume_continues(
+    shards, tmp_path, uninterrupted, backend
+):
+    # Ctrl-C signals the whole foreground process group, loader workers included (2 of them here)
+    run = tmp_path / "int"
+    proc = start(args(shards, tmp_path, "int", backend, "--data.workers=2"), start_new_session=True)
+    wait_for_step(proc, run, STEPS_PER_EPOCH + 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == INTERRUPTED, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert f"--resume {run}" in out and "preempted by SIGINT" in out
+    newest = torch.load(sorted((run / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    assert newest["state"]["epoch"] == 1 and 0 < newest["state"]["batches"] < STEPS_PER_EPOCH
+    train.main(["--resume", str(run), "--data.workers=0"])  # the same run at any worker count
+    assert_same_run(run, uninterrupted(backend))
+
+
 def test_a_truncated_newest_checkpoint_is_named_and_resume_falls_back(
     shards, tmp_path, uninterrupted, capsys
 ):
@@ -180,6 +199,23 @@ def test_a_full_disk_is_an_error_naming_the_file_and_the_previous_checkpoint_sta
     assert "No space left on device" in (run / "log.txt").read_text()
 
 
+def test_a_run_killed_in_its_first_save_is_cleaned_and_says_how_to_start_again(shards, tmp_path):
+    train.main(args(shards, tmp_path, "k", "torch", "--train.epochs=1"))
+    run = tmp_path / "k"
+    for state in [run / "last.pt", *(run / "checkpoints").glob("*.pt")]:  # as kill -9 in the first save
+        state.unlink()
+    (run / "checkpoints" / ".step-00000008.pt.tmp4242").write_bytes(b"half a checkpoint")
+    with pytest.raises(FileNotFoundError) as stopped:
+        train.main(["--resume", str(run)])
+    message = str(stopped.value)
+    assert "nothing to resume" in message and "removed .step-00000008.pt.tmp4242" in message
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    again = message.split("start it again with python fastmlic/train.py ")[1].split(" (or delete")[0]
+    assert again == f"--cfg {run / 'config.yaml'} --train.name=k-again"
+    assert train.main(again.split())["epochs"] == 1  # the command it gives runs
+    assert (tmp_path / "k-again" / "best.pt").is_file()
+
+
 def test_a_read_only_folder_is_named_with_the_cause_and_no_temporary_file_stays(tmp_path, monkeypatch):
     from fastmlic import run as run_module
 
@@ -216,6 +252,23 @@ def test_bad_input_found_while_building_leaves_no_folder(shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="nosuch.json"):
         train.main(args(shards, tmp_path, "bad", "torch", "--data.val_split=nosuch"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(shards, tmp_path, monkeypatch, capsys):
+    from fastmlic import trainer
+    from fastmlic.data import DataError
+
+    def unreadable(*args, **kwargs):  # as DALI failing on the first batch's images
+        raise DataError("train-000000.tar: member train_000003.jpg cannot be decoded")
+
+    real = trainer.train_one_epoch
+    monkeypatch.setattr(trainer, "train_one_epoch", unreadable)
+    with pytest.raises(DataError):
+        train.main(args(shards, tmp_path, "first", "torch", "--train.epochs=1"))
+    assert not (tmp_path / "first").exists()
+    assert "removed" in capsys.readouterr().err
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    assert train.main(args(shards, tmp_path, "first", "torch", "--train.epochs=1"))["epochs"] == 1  # again
 
 
 def test_resume_may_extend_epochs_and_follow_moved_shards_but_nothing_else(shards, tmp_path):

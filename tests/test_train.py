@@ -98,6 +98,11 @@ def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path, c
         evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}", "--split", "vall"])
     assert metrics["num_samples"] == 256
     assert metrics["mAP"] == pytest.approx(summary["best"]["mAP"], abs=1e-6)
+    folder = evaluate.main(["--ckpt", str(run), f"--data.shards={learnable}"])  # a run folder: its best.pt
+    assert folder["mAP"] == metrics["mAP"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty is a folder without best.pt .*RUN/best.pt"):
+        evaluate.main(["--ckpt", str(tmp_path / "empty"), f"--data.shards={learnable}"])
     capsys.readouterr()
     evaluate.main(["--ckpt", str(run / "best.pt"), f"--data.shards={learnable}", "--json"])
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -136,6 +141,10 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(shards, tmp_path):
     assert len(epochs(tmp_path / "split")) == 1
     train.main(["--resume", str(tmp_path / "split"), "--train.stop_after=0"])
     assert epochs(tmp_path / "split") == epochs(tmp_path / "whole")
+    summary = train.main(["--resume", str(tmp_path / "split")])  # finished: says so, and how to go on
+    assert epochs(tmp_path / "split") == epochs(tmp_path / "whole") and summary["epochs"] == 3
+    said = (tmp_path / "split" / "log.txt").read_text()
+    assert "had finished its 3 epochs" in said and "--train.epochs=N with N above 3" in said
 
 
 def test_resume_with_another_config_stops_and_says_what_differs(shards, tmp_path):

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
+from ..preemption import ignore_interrupts
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT
 from .batch import DataError, LoaderBase, LoaderSpec, normalize_uint8
 from .index import BadSample, ShardIndex
@@ -267,6 +268,7 @@ class TorchLoader(LoaderBase):
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.workers > 0,
             prefetch_factor=4 if cfg.workers > 0 else None,
+            worker_init_fn=ignore_interrupts,  # Ctrl-C is the main process's to handle: save, then stop
         )
 
         self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
