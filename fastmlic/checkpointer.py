@@ -44,16 +44,18 @@ OPERATIONAL_KEYS = {
 CHECKED_KEYS = {"train.epochs": "larger than the run's", "data.shards": "the same splits (classes, sizes)"}
 
 
-def unfinished_saves(path: Path) -> list[Path]:
-    """The temporary files of saves an interrupted process did not finish (run.write_atomically's)."""
-    return [*path.glob(".*.tmp*"), *(path / "checkpoints").glob(".*.tmp*")]
+def remove_unfinished_saves(path: Path) -> list[Path]:
+    """Removes the temporary files of saves an interrupted process did not finish (run.write_atomically's)
+    in RUN and its checkpoints/; returns them."""
+    found = [*path.glob(".*.tmp*"), *(path / "checkpoints").glob(".*.tmp*")]
+    for leftover in found:
+        leftover.unlink()
+    return found
 
 
 def nothing_to_resume(path: Path) -> str:
-    """Why RUN cannot be resumed and what to run instead; removes the unfinished saves it finds."""
-    removed = unfinished_saves(path)
-    for leftover in removed:
-        leftover.unlink()
+    """Why RUN cannot be resumed and what to run instead, once its unfinished saves are removed."""
+    removed = remove_unfinished_saves(path)
     said = f"--resume {path}: no checkpoint there (nothing to resume)"
     if removed:
         said += f"; removed {', '.join(p.name for p in removed)}, a save the stopped process did not finish"
@@ -196,8 +198,7 @@ class Checkpointer:
         """The newest training state that reads; each one that does not is reported by name and the next
         older one is tried (last.pt last: it is also one of the step files unless rotated out)."""
         run = self.run
-        for leftover in unfinished_saves(run.path):
-            leftover.unlink()  # a save the interrupted process did not finish
+        for leftover in remove_unfinished_saves(run.path):
             run.log(f"removed {leftover.name}: an unfinished save of the interrupted attempt")
         failures = []
         for path in [*self.training_states(), run.path / "last.pt"]:

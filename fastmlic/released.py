@@ -56,6 +56,18 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_release(path: Path, fmt: str, model: str, markers: list[str]) -> tuple[dict[str, torch.Tensor], str]:
+    """A released file's state dict without its `module.` prefixes, and how errors name the file; one
+    without every key of `markers` is refused as not `model`, listing what it holds."""
+    what = f"{path} (--from {fmt})"
+    state = strip_prefix(read_state_dict(path, f"--from {fmt}"))
+    absent = [k for k in markers if k not in state]
+    if absent:
+        raise InputError(f"{what}: not {model} (no {', '.join(absent[:4])}); it holds "
+                         f"{describe_keys(list(state))}")  # fmt: skip
+    return state, what
+
+
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     """Keys without every leading `prefix` (DataParallel and an EMA of it save `module.module.`)."""
     out = {}

@@ -18,30 +18,16 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..errors import InputError
-from ..released import (  # fmt: skip
-    Released,
-    ReleaseOptions,
-    class_rows,
-    describe_keys,
-    read_state_dict,
-    rename,
-    strip_prefix,
-)
+from ..released import Released, ReleaseOptions, class_rows, read_release, rename
 
 SORTED_ROWS = ("voc2007", "voc2012")
 GRAPH = {"message": ("fc1_w", "fc2_w", "fc3_w"), "state": ("fc1_u", "fc2_u"), "reset_state": ("fc3_u",)}
 
 
 def read_model(path: Path, cfg: Config, classes: list[str], options: ReleaseOptions) -> Released:
-    what = f"{path} (--from coco)"
-    state = strip_prefix(read_state_dict(path, "--from coco"))
     graph = [f"encoder.{w}.weight" for ws in GRAPH.values() for w in ws]
-    needed = ["query_embed.weight", "net.weight", "fc.weight", *graph]
-    absent = [k for k in needed if k not in state]
-    if absent:
-        raise InputError(f"{what}: not a CoCo MLIC model (no {', '.join(absent[:4])}); it holds "
-                         f"{describe_keys(list(state))}")  # fmt: skip
+    markers = ["query_embed.weight", "net.weight", "fc.weight", *graph]
+    state, what = read_release(path, "coco", "a CoCo MLIC model", markers)
     for ours, parts in GRAPH.items():  # the six GatedGNN matrices into our three
         state[f"encoder.{ours}"] = torch.cat([state.pop(f"encoder.{p}.weight") for p in parts])
     state["fc.class_weight"], state["fc.class_bias"] = state.pop("fc.weight"), state.pop("fc.bias")

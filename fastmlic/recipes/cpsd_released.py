@@ -15,16 +15,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import InputError
-from ..released import (  # fmt: skip
-    Released,
-    ReleaseOptions,
-    class_rows,
-    describe_keys,
-    read_state_dict,
-    rename,
-    resnet_sequential,
-    strip_prefix,
-)
+from ..released import Released, ReleaseOptions, class_rows, read_release, rename, resnet_sequential
 
 SORTED_ROWS = ("mscoco", "nuswide")  # the data sets the official code trained, both in name order
 
@@ -34,10 +25,8 @@ def read_student(path: Path, cfg: Config, classes: list[str], options: ReleaseOp
     if cfg.model.head != "linear":
         raise InputError(f"{what}: the released students have a linear classifier; the preset has "
                          f"model.head={cfg.model.head}")  # fmt: skip
-    state = strip_prefix(read_state_dict(path, "--from cpsd"))
-    if "classify.weight" not in state or "features.0.weight" not in state:
-        raise InputError(f"{what}: not a CPSD Resnet101 student (features.* and classify.*); it holds "
-                         f"{describe_keys(list(state))}")  # fmt: skip
+    markers = ["features.0.weight", "classify.weight"]
+    state, what = read_release(path, "cpsd", "a CPSD Resnet101 student", markers)
     ours = rename(state, {**resnet_sequential("features."), "classify": "model.head.fc"}, what)
     rows = class_rows(cfg.data.dataset, classes, SORTED_ROWS)
     return Released(ours, rows, source="ema" if options.ema else "raw", files=[path])

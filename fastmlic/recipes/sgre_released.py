@@ -21,15 +21,7 @@ import torch
 
 from ..config import Config
 from ..errors import InputError, MissingInput
-from ..released import (  # fmt: skip
-    Released,
-    ReleaseOptions,
-    class_rows,
-    describe_keys,
-    read_state_dict,
-    rename,
-    strip_prefix,
-)
+from ..released import Released, ReleaseOptions, class_rows, read_release, rename
 
 SORTED_ROWS = ("voc2007", "voc2012")
 HEAD = {"attention.linear1": "attention.pixels", "attention.linear2": "attention.labels",
@@ -40,11 +32,8 @@ LAYER = {"self_attn": "attn", "linear1": "ffn.0", "linear2": "ffn.3", "norm1": "
 
 
 def read_model(path: Path, cfg: Config, classes: list[str], options: ReleaseOptions) -> Released:
-    what = f"{path} (--from sgre)"
-    state = strip_prefix(read_state_dict(path, "--from sgre"))
-    if "fc2.0.weight" not in state or "attention.target_linear.weight" not in state:
-        raise InputError(f"{what}: not an SGRE MLIC model (no fc2 and attention.target_linear); it holds "
-                         f"{describe_keys(list(state))}")  # fmt: skip
+    markers = ["fc2.0.weight", "attention.target_linear.weight"]
+    state, what = read_release(path, "sgre", "an SGRE MLIC model", markers)
     rows = class_rows(cfg.data.dataset, classes, SORTED_ROWS)
     state.pop("position_embedding.pe", None)
     notes, files = [], [path]
