@@ -39,12 +39,25 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = own(cfg) if own is not None else param_groups(model, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_factor"]
+    kernel = fused_where_supported(groups)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **kernel)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **kernel)
     # Adam's own weight_decay adds wd * w to the gradient (L2), which is what ASL's recipe uses
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.Adam(groups, lr=cfg.lr, **kernel)
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_where_supported(groups: list[dict]) -> dict:
+    """The same update in one fused kernel over all parameters where torch has it for their device. On the
+    CPU torch's default is a loop over the tensors: ResNet-18's Adam step took 46 ms that way and 6 ms fused
+    on a 2-core EPYC (benchmarks/optimizer_step.py), a sixth of a digits epoch's time."""
+    devices = {p.device.type for g in groups for p in g["params"]}
+    floating = all(p.is_floating_point() for g in groups for p in g["params"])
+    return {"fused": True} if floating and devices and devices <= set(FUSED_DEVICES) else {}
 
 
 def build_scheduler(

@@ -42,6 +42,29 @@ def test_no_weight_decay_on_biases_and_norms_and_a_backbone_lr_factor():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_fused_step_on_the_cpu_is_torchs_update(name):
+    """The trainer's optimiser takes torch's fused kernel on the CPU (its default is a loop over tensors,
+    8x slower for Adam on ResNet-18); three steps of it give the loop's parameters."""
+    torch.manual_seed(0)
+    models = [build_model(ModelConfig(backbone="test_resnet"), 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    cfg = OptimConfig(name=name, lr=1e-2, weight_decay=1e-4, momentum=0.9)
+    fused = build_optimizer(models[0], cfg)
+    assert fused.defaults["fused"] is True
+    twin = dict(zip(map(id, models[0].parameters()), models[1].parameters(), strict=True))
+    loop = type(fused)([dict(g, params=[twin[id(p)] for p in g["params"]], fused=None, foreach=False)
+                        for g in fused.param_groups])  # fmt: skip
+    for _ in range(3):  # the same gradients into both: a difference is the update's, not the network's
+        for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        loop.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def learning_rates(cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> list[float]:
     """The learning rate at every step of a schedule, from lr 1.0."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
