@@ -42,6 +42,9 @@ ASL_LARGE = (16384, 9605)  # 157M cells: large enough to measure bandwidth on a 
 SUPCON_SHAPES = [(n, d) for n in (1024, 4096, 16384, 65536) for d in (128, 256)]
 # on CPU one chunked call at N = 65,536 takes minutes; the CPU run stops at 16,384
 SUPCON_CPU_MAX_N = 16384
+# what a new user waits for on a CPU (measured on a 2-core EPYC, benchmarks/RESULTS.md)
+CPU_DURATION = ("CPU: every default shape runs for about 9 minutes on 2 cores, most of it in SupCon's rows "
+                "at N = 16,384 (dense eager: about 20 s a call); --quick takes about 25 s")
 DENSE_BYTES_PER_PAIR = 32  # eager SupCon keeps about eight N x N fp32 matrices alive (kernel notes, measured)
 
 
@@ -186,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = DTYPES[args.dtype]
+    started = time.perf_counter()
     if device == "cpu":
         print("no CUDA device: running the CPU providers only (the Triton provider needs a GPU)")
+        if not (args.quick or args.asl_shapes or args.supcon_shapes):
+            print(CPU_DURATION, flush=True)
     ops = list(CASES) if args.op == "all" else [args.op]
     ceilings = measure_ceilings() if device == "cuda" else None
     rows = []
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows, columns + ["status"]))
     rows = [{"benchmark": "loss_kernels", **r, **(ceilings or {})} for r in rows]
     path = write_jsonl("loss_kernels", rows, env)
-    print(f"results: {path}")
+    print(f"results: {path}  ({time.perf_counter() - started:.0f} s)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The one way every command ends on bad input: `error: <what and where>` and exit status 2,
 without a traceback (the message already names the file, key or step). Bad input is a `UserError`
-(fastmlic/errors.py) and nothing else: an exception of any other type, ours or a library's, is a bug
+(fastmlic/errors.py), or a location the file system refuses (read-only, forbidden, full), and nothing
+else: an exception of any other type, ours or a library's, is a bug
 and keeps its traceback. Under torchrun the message names the rank. A preempted training run exits
 with PREEMPTED, or 130 after Ctrl-C (fastmlic/preemption.py)."""
 
@@ -11,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .errors import UserError
+from .errors import UserError, refused_location
 from .preemption import Preempted
 
 
@@ -41,6 +42,12 @@ def exit_on_user_error(main: Callable[[], object]) -> int:
         return e.exit_code  # the trainer has printed where it saved and how to continue
     except UserError as e:
         print(f"error{where}: {e}", file=sys.stderr)
+        _cleanup()
+        return 2
+    except OSError as e:  # a read-only, forbidden or full location is the user's to fix; others are bugs
+        if (refused := refused_location(e)) is None:
+            raise
+        print(f"error{where}: {refused}", file=sys.stderr)
         _cleanup()
         return 2
     except Exception as e:  # a bug or a failed rank: the traceback, then one line saying which rank

@@ -40,16 +40,36 @@ def read_summary(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+RESULT_MISSING = "result gone"
+
+
 def stage_status(stage: Stage) -> str:
-    """'done', 'interrupted' (a run with a checkpoint that has not finished) or 'to do'."""
+    """'done', 'interrupted' (a run with a checkpoint that has not finished), 'to do', or RESULT_MISSING
+    (a run that finished, one of whose outputs has been deleted since: it is trained again)."""
     from .run import resumable  # imports torch: not needed for --help
 
+    present = all(p.is_file() for p in stage.outputs)
     if stage.make is not None:
-        return "done" if all(p.is_file() for p in stage.outputs) else "to do"
+        return "done" if present else "to do"
     summary = read_summary(stage.folder)
     if summary is not None and summary.get("finished"):
-        return "done"
+        return "done" if present else RESULT_MISSING
     return "interrupted" if resumable(stage.folder) else "to do"
+
+
+def missing_outputs(stage: Stage, root: Path) -> str:
+    return ", ".join(str(under(p, root)) for p in stage.outputs if not p.is_file())
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a run folder whose result is gone to a free FOLDER.result-gone[-N], so the stage can run
+    again in its place and nothing it held is lost."""
+    target, n = folder.with_name(f"{folder.name}.result-gone"), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.result-gone-{n}")
+    folder.rename(target)
+    return target
 
 
 def best_class_ap(folder: Path, summary: dict) -> dict[str, float]:
@@ -89,6 +109,11 @@ def summary_lines(stages: list[Stage], root: Path, ran: list[str]) -> list[str]:
         on_its = f"{np.nanmean(aps):.4f}" if stage is not final and aps and np.isfinite(aps).any() else ""
         lines.append(f"{stage.name:<12} {status:<12} {len(s['classes']):>7}  {s['best']['mAP']:>7.4f}  "
                      f"{on_its:>9}  {s['epochs']:>6}  {folder}")  # fmt: skip
+    for stage in stages:
+        if stage_status(stage) == RESULT_MISSING:
+            gone = missing_outputs(stage, root)
+            lines.append(f"{stage.name}: its run finished, but {gone} is gone: the pipeline trains it again "
+                         f"(its folder is kept beside, as {stage.folder.name}.result-gone)")  # fmt: skip
     if final_summary:
         lines += [f"mAP: each run's best weights on its own classes; {there}: {final.name}'s best weights on "
                   f"the same classes",
@@ -99,8 +124,32 @@ def summary_lines(stages: list[Stage], root: Path, ran: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- running
 
 
-def run_stage(stage: Stage, dist) -> dict | None:
-    """Run one stage here; a training run resumes from its newest checkpoint when it has one."""
+# a stage's folder is the pipeline's to choose: these overrides never reach a stage as given
+FOLDER_KEYS = {("train", "out_dir"), ("train", "name")}
+
+
+def overrides_not_taken(stage_cfg, cfg, overrides: list[str]) -> list[str]:
+    """The command line's `--section.key=value` (which `cfg`, the preset's config, holds) that a stage's
+    config does not hold: a recipe gives that stage its own value (MulCon's stage one takes its epochs
+    from its own preset) or the stage's recipe has no such key. Each with what the stage keeps."""
+    from .config import parse_overrides
+
+    notes = []
+    for section, key, raw in parse_overrides(overrides):
+        if (section, key) in FOLDER_KEYS or section == "recipe":  # the recipe's keys make the stages
+            continue
+        wanted = getattr(getattr(cfg, section), key)
+        kept = getattr(getattr(stage_cfg, section), key, None)
+        if kept is None and not hasattr(getattr(stage_cfg, section), key):
+            notes.append(f"--{section}.{key}={raw} (recipe {stage_cfg.recipe.name} has no such key)")
+        elif kept != wanted:
+            notes.append(f"--{section}.{key}={raw} (it keeps {section}.{key}={kept!r})")
+    return notes
+
+
+def run_stage(stage: Stage, dist, cfg, overrides: list[str]) -> dict | None:
+    """Run one stage here; a training run resumes from its newest checkpoint when it has one. Says which
+    of the command line's overrides the stage does not take."""
     from .distributed import barrier
     from .run import resumable
     from .train import train_run
@@ -110,7 +159,11 @@ def run_stage(stage: Stage, dist) -> dict | None:
             stage.make()
         barrier(dist.world_size)
         return None
-    summary = train_run(stage.config(), dist, stage.folder if resumable(stage.folder) else None)
+    config = stage.config()
+    if dist.is_main and (ignored := overrides_not_taken(config, cfg, overrides)):
+        print(f"  note: stage {stage.name} does not take " + "; ".join(ignored) + ": its recipe sets "
+              "them for this stage (from its own preset or file: see --help)", flush=True)  # fmt: skip
+    summary = train_run(config, dist, stage.folder if resumable(stage.folder) else None)
     barrier(dist.world_size)  # rank 0 has written summary.json before any rank checks the next stage's needs
     return summary
 
@@ -145,7 +198,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     from .builder import check_recipe  # torch: after `--help`
-    from .distributed import cleanup, init_distributed
+    from .distributed import barrier, cleanup, init_distributed
     from .preemption import Preempted
     from .recipes.base import RECIPES
 
@@ -175,11 +228,18 @@ def main(argv: list[str] | None = None) -> dict:
             first = " ".join(f"--stage {n}" for n in missing)
             raise InputError(f"stage {stage.name} needs {', '.join(missing)} first: run {PROG} --cfg "
                              f"{args.cfg} {first} (or leave out --stage)")  # fmt: skip
+        if status == RESULT_MISSING:
+            if dist.is_main:
+                kept = set_aside(stage.folder)
+                gone = missing_outputs(stage, root)
+                print(f"[{i}/{len(chosen)}] {stage.name}: finished, but {gone} is gone; its folder is now "
+                      f"{kept}, and the stage trains again", flush=True)  # fmt: skip
+            barrier(dist.world_size)
         if dist.is_main:
             what = "resuming" if status == "interrupted" else "running"
             print(f"[{i}/{len(chosen)}] {stage.name}: {what} ({stage.folder})", flush=True)
         try:
-            summary = run_stage(stage, dist)
+            summary = run_stage(stage, dist, cfg, overrides)
         except Preempted:  # the stage's run has said where it saved; the pipeline continues from there
             if dist.is_main:
                 command = " ".join(sys.argv[1:] if argv is None else argv)

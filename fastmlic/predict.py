@@ -1,6 +1,8 @@
-"""Predict labels for image files: `python -m fastmlic.predict --ckpt RUN/best.pt IMAGE ... [--top-k 5 |
---threshold 0.5] [--json]`. Images are resized as in evaluation. An unreadable file (or a folder) gets
-a record with its error (in --json too) and the others are still predicted; the command then exits 2."""
+"""Predict labels for image files: `python -m fastmlic.predict --ckpt RUN/best.pt IMAGE|FOLDER ... [--top-k 5
+| --threshold 0.5] [--json]`. A folder stands for the image files under it (by extension, recursively,
+in name order). Images are resized as in evaluation. An unreadable file (or a folder without images)
+gets a record with its error (in --json too) and the others are still predicted; the command then
+exits 2."""
 
 from __future__ import annotations
 
@@ -29,9 +31,25 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return np.array(rgb)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand(inputs: list[Path]) -> list[Path]:
+    """Files as given; a folder as the image files under it, in name order (none: the folder itself,
+    which then gets an error record)."""
+    out = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            out += found or [path]
+        else:
+            out.append(path)
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("images", nargs="+", type=Path, help="image files, or folders of them")
     p.add_argument("--ckpt", required=True, help="checkpoint (RUN/best.pt; a run folder: its best.pt)")
     p.add_argument("--top-k", type=positive_int, help="report the k best labels of each image")
     p.add_argument("--threshold", type=probability,
@@ -42,6 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     # torch and everything built on it, after the arguments: `--help` answers without them
     import torch
+    from tqdm import tqdm
 
     from .builder import load_for_inference
     from .data.batch import normalize_uint8
@@ -52,11 +71,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, classes = model.cfg, model.classes
     size = cfg.data.image_size
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
+    inputs = expand(args.images)
     results = []
-    for start in range(0, len(args.images), args.batch_size):
-        batch = args.images[start : start + args.batch_size]
+    bar = tqdm(total=len(inputs), unit="img", desc="predict", disable=None if len(inputs) > args.batch_size
+               else True, file=sys.stderr)  # fmt: skip
+    for start in range(0, len(inputs), args.batch_size):
+        batch = inputs[start : start + args.batch_size]
         found, paths, pixels = {}, [], []
         for path in batch:
+            if path.is_dir():
+                kinds = ", ".join(IMAGE_SUFFIXES)
+                found[path] = {"image": str(path), "error": f"a folder with no image files ({kinds})"}
+                continue
             try:
                 pixels.append(load_image(path, size))
                 paths.append(path)
@@ -73,6 +99,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 labels = [{"label": classes[c], "score": round(float(row[c]), 4)} for c in chosen]
                 found[path] = {"image": str(path), "labels": labels}
         results += [found[path] for path in batch]  # in the order given
+        bar.update(len(batch))
+    bar.close()
     for r in results:
         if args.json:
             print(json.dumps(r))

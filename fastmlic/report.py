@@ -296,8 +296,12 @@ def build_report(run: Path, split: str | None = None, out: Path | None = None) -
         raise InputError(f"{run}: no finished epoch in metrics.jsonl yet")
     if not (run / "best.pt").is_file():
         raise MissingInput(f"{run / 'best.pt'}: not there (is {run} a finished fastmlic run?)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:  # name the folder asked for, not the hidden one beside it
+        e.filename = str(out)
+        raise
     try:
         _write_report(run, split, work, steps, epochs)
         out.mkdir(exist_ok=True)
@@ -344,7 +348,8 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
         ),
     }
     (out / "per_class_ap.json").write_text(json.dumps(dict(zip(classes, metrics["ap"], strict=True))))
-    trained = training_headline(epochs, ckpt) if epochs else {"weights": converted_from(run, ckpt)}
+    trained = (training_headline(epochs, ckpt, run, cfg.train.epochs) if epochs
+               else {"weights": converted_from(run, ckpt)})  # fmt: skip
     headline = {
         **trained,
         f"mAP on {split} (this report)": f"{metrics['mAP']:.4f} ({cfg.train.map_flavour})",
@@ -361,8 +366,16 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
     (out / "report.html").write_text(page)
 
 
-def training_headline(epochs: list[dict], ckpt) -> dict:
+def finished(run: Path) -> bool:
+    """Whether the run trained all its epochs (or stopped early by design): its summary.json says so."""
+    summary = run / "summary.json"
+    return summary.is_file() and bool(json.loads(summary.read_text()).get("finished"))
+
+
+def training_headline(epochs: list[dict], ckpt, run: Path, planned: int) -> dict:
     last = epochs[-1]
+    unfinished = "" if finished(run) else (f" of {planned}: unfinished, best so far (continue it with python "
+                                      f"fastmlic/train.py --resume {run})")  # fmt: skip
     return {
         "best mAP": f"{ckpt.metrics['mAP']:.4f} ({ckpt.source} weights, epoch {ckpt.state.best_epoch})",
         "best raw / EMA mAP": f"{max(r['raw_mAP'] for r in epochs):.4f} / "
@@ -370,7 +383,7 @@ def training_headline(epochs: list[dict], ckpt) -> dict:
         "images/s (last epoch)": f"{last['images_per_s']:.0f}, data wait {last['data_wait']:.0%}",
         # older runs did not record what was measured
         f"peak {last.get('peak_memory_kind', 'memory')} (MB)": f"{last['peak_memory_mb']:.0f}",
-        "epochs": f"{last['epoch']}",
+        "epochs": f"{last['epoch']}{unfinished}",
     }
 
 
@@ -420,6 +433,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     path = build_report(args.run, args.split, args.out)
     print(f"report: {path}  (open it in a browser; PNGs beside it)")
+    if (args.run / "metrics.jsonl").is_file() and not finished(args.run):
+        print(f"note: {args.run} has not finished training: the report shows its best weights so far "
+              f"(continue it with python fastmlic/train.py --resume {args.run})")  # fmt: skip
     return path
 
 

@@ -76,3 +76,19 @@ def assert_close(
     torch.testing.assert_close(
         actual.detach().double(), expected, rtol=tol.rtol, atol=atol, msg=lambda m: f"{what}: {m}"
     )
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A folder path under which nothing can be created: a read-only folder, or for root (whom
+    permissions do not stop) a path in sysfs, which refuses new entries."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder / "out"
+        folder.chmod(0o755)
+    elif Path("/sys/kernel").is_dir():
+        yield Path("/sys/kernel/fastmlic-test-out")
+    else:
+        pytest.skip("running as root without sysfs: no location refuses writes here")

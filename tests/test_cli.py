@@ -36,3 +36,24 @@ def test_our_errors_are_still_the_builtin_kinds_callers_catch():
         from fastmlic.checkpoint import load_checkpoint
 
         load_checkpoint("/nonexistent/best.pt")
+
+
+@pytest.mark.dist
+def test_launch_ends_a_run_whose_ranks_fail_in_one_line_with_their_exit_code(tmp_path):
+    """torchrun would print its ChildFailedError traceback after the ranks' own errors."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    launch = [sys.executable, "-m", "fastmlic.launch", "--nproc_per_node=2", "--master_port=29539"]
+    result = subprocess.run([*launch, str(ROOT / "fastmlic" / "train.py"), "--cfg", "digits",
+                             f"--data.shards={tmp_path / 'none'}", f"--train.out_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    # both fail on the missing shards; one may be stopped by torchrun first (143) once the other has
+    assert re.fullmatch(r"launch: rank 0 exited with (2|143), rank 1 exited with (2|143); what failed is "
+                        r"printed above", lines[-1]) and "exited with 2" in lines[-1], lines[-1]
+    assert "error (rank " in result.stderr and "Traceback" not in result.stderr

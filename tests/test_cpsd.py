@@ -381,7 +381,7 @@ def test_a_stopped_stage_says_how_to_continue_the_pipeline_and_exits_as_the_run(
     from fastmlic.cli import exit_on_user_error
     from fastmlic.preemption import INTERRUPTED, Preempted
 
-    def stopped(stage, dist):  # a stage's run stopped by Ctrl-C after saving, as Trainer raises it
+    def stopped(stage, dist, cfg, overrides):  # a run stopped by Ctrl-C after saving, as Trainer raises it
         raise Preempted("preempted by SIGINT at step 3; saved ...", signal.SIGINT)
 
     monkeypatch.setattr(pipeline, "run_stage", stopped)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import rawdata
@@ -11,7 +15,7 @@ from fastmlic.config import DataConfig
 from fastmlic.data import DataError, build_loader, resolve_backend
 from fastmlic.data.batch import cutout_
 from fastmlic.data.dali_loader import dali_available
-from fastmlic.shards.format import ShardEntry, SplitInfo, shard_name
+from fastmlic.shards.format import ShardEntry, SplitInfo, fingerprint, read_index, shard_name
 from fastmlic.shards.writer import ShardSample, write_shard
 
 BACKENDS = [
@@ -25,8 +29,8 @@ def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="
                labels=None):  # fmt: skip
     """n samples of ragged sizes (one grayscale, one CMYK JPEG) in shards of `shard_size`; `bad` maps
     sample positions to image bytes planted instead, `labels` to label bytes. `image_check` is what
-    SPLIT.json records (by default, falsely for planted bad images, that they were decode-checked).
-    Returns {key: (labels, ignore)}."""
+    SPLIT.json records (by default, falsely for planted bad images, that they were decode-checked, with
+    each tar's fingerprint as a check records it). Returns {key: (labels, ignore)}."""
     bad, labels_bytes = bad or {}, labels
     truth, entries, samples = {}, [], []
     for i in range(n):
@@ -44,7 +48,9 @@ def make_split(root, rng, n=37, shard_size=8, has_ignore=True, bad=None, split="
     for s in range(0, n, shard_size):
         name = shard_name(split, s // shard_size)
         size = write_shard(root / f"{name}.tar", samples[s : s + shard_size])
-        entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", len(samples[s : s + shard_size]), size))
+        checked = fingerprint(root / f"{name}.tar") if image_check == "decode" else {}
+        count = len(samples[s : s + shard_size])
+        entries.append(ShardEntry(f"{name}.tar", f"{name}.idx", count, size, checked))
     info = SplitInfo(
         dataset="t",
         split=split,
@@ -227,7 +233,7 @@ def test_dali_decodes_an_unchecked_split_first_and_names_what_it_cannot_read(tmp
     assert "val-000001.tar: s011.jpg: cannot be decoded" in str(error.value)
     assert f"--verify {tmp_path} --repair" in str(error.value)
     make_split(tmp_path, rng, n=16, has_ignore=False, image_check=check)  # clean: read, with a warning
-    with pytest.warns(UserWarning, match=f"16 images were decoded once .* --verify {tmp_path}"):
+    with pytest.warns(UserWarning, match=f"16 images were decoded before DALI .* --verify {tmp_path}"):
         loader = build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
     assert sum(len(b) for b in epoch(loader)) == 16
 
@@ -246,14 +252,86 @@ def test_dali_failure_in_the_first_batch_is_explained_with_the_member_and_the_re
 
 
 @pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
-def test_dali_on_a_truncated_tar_names_it_and_the_repair_that_keeps_its_whole_samples(tmp_path, rng):
+def test_dali_on_a_tar_truncated_after_its_check_names_it_and_the_repair_that_keeps_its_whole_samples(
+        tmp_path, rng):  # fmt: skip
     make_split(tmp_path, rng, n=16, has_ignore=False)
     truncate(tmp_path / "val-000000.tar")
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError) as error:  # found before DALI reads it: the tar is not the one checked
         build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
     text = str(error.value)
-    assert "Malformed index file" in text and "val-000000.tar: the tar ends early, after" in text
+    assert "1 of its shards changed since their images were checked (val-000000.tar)" in text
+    assert "val-000000.tar: the tar ends early, after" in text
     assert f"--verify {tmp_path} --repair (a truncated tar keeps its whole samples" in text
+
+
+def corrupt_in_place(tar, key, rng):
+    """Overwrite the start of `key`'s JPEG after its SOI marker with random bytes: the tar keeps its
+    size and its index stays right, as after bit rot or a bad copy."""
+    offset, size = next(m["jpg"] for k, m in read_index(tar.with_suffix(".idx")) if k == key)
+    with open(tar, "r+b") as f:
+        f.seek(offset + 2)
+        f.write(bytes(rng.integers(0, 256, min(size - 2, 200), np.uint8)))
+
+
+DALI_READ = """
+import sys
+from fastmlic.config import DataConfig
+from fastmlic.data import DataError, build_loader
+try:
+    cfg = DataConfig(image_size=32, batch_size=8, workers=2, backend="dali")
+    loader = build_loader(sys.argv[1], cfg, train=False)
+    print(sum(len(b) for b in loader), "images")
+except DataError as e:
+    sys.exit(f"error: {e}")
+"""
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_dali_checks_a_shard_changed_in_place_after_its_check_again_instead_of_crashing(tmp_path, rng):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    tar = tmp_path / "val-000001.tar"
+    size = tar.stat().st_size
+    corrupt_in_place(tar, "s010", rng)
+    assert tar.stat().st_size == size
+    # in a process of its own: DALI's decoder fed this JPEG can end the process by a signal
+    run = subprocess.run([sys.executable, "-c", DALI_READ, str(tmp_path / "val.json")], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 of its shards changed since their images were checked (val-000001.tar)" in run.stderr
+    assert "val-000001.tar: s010.jpg:" in run.stderr and f"--verify {tmp_path} --repair" in run.stderr
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_a_shard_touched_or_copied_with_the_same_bytes_is_not_checked_again(tmp_path, rng, recwarn):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    os.utime(tmp_path / "val-000000.tar", ns=(1, 1))  # a copy that did not keep the times
+    loader = build_loader(tmp_path / "val.json", cfg_for("dali"), train=False)
+    assert sum(len(b) for b in epoch(loader)) == 16
+    assert not [w for w in recwarn if "decoded before DALI" in str(w.message)]
+
+
+def rewrite_without_index(tar, samples):
+    """`tar` written again with `samples` while its old index stays: a stale index."""
+    staging = tar.parent / "staging"
+    staging.mkdir()
+    write_shard(staging / tar.name, samples)
+    (staging / tar.name).replace(tar)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stale_index_over_labels_of_another_length_is_refused_on_both_backends(tmp_path, rng, backend):
+    make_split(tmp_path, rng, n=16, has_ignore=False)
+    tar = tmp_path / "val-000001.tar"
+    # the second shard written again with 7-byte labels (a split of 6 classes), its old index kept: both
+    # backends read where the index says, which is no longer where the members are
+    image = rawdata.image_bytes(rng, (30, 30))
+    samples = [ShardSample(f"s{i:03d}", (("jpg", image), ("lbl", bytes(7)))) for i in range(8, 16)]
+    rewrite_without_index(tar, samples)
+    with pytest.raises(DataError) as error:
+        build_loader(tmp_path / "val.json", cfg_for(backend), train=False)
+    text = str(error.value)
+    assert "val-000001.tar: " in text and "the index places sample s008 at" in text and "it is stale" in text
+    assert f"--verify {tmp_path} --repair" in text
 
 
 def test_a_missing_shard_fails_at_start_with_its_path(tmp_path, rng):

@@ -182,7 +182,8 @@ def test_rerun_skips_complete_shards_and_resumes_an_interrupted_one(tmp_path, rn
     assert first.info.reencoded == {"format PNG": 1} and len(first.bad) == 1
     reference = {p.name: p.read_bytes() for p in out.glob("train-*")}
     # simulate a crash while shard 2 was written: its index is missing, a temporary is left, and the
-    # run never reached the end, so neither train.json nor train.skipped.tsv exists
+    # run never reached the end, so neither train.json nor train.skipped.tsv exists, and its plan is there
+    (out / ".train.plan.json").write_text(json.dumps(first.info.plan))
     (out / "train-000002.idx").unlink()
     (out / ".train-000002.tar.tmp999").write_bytes(b"partial")
     (out / "train.json").unlink()
@@ -205,6 +206,28 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, rng):
     again = WriteOptions(shard_size=2, overwrite=True)
     report = build_split(listing, tmp_path, "train", dataset="toy", options=again)
     assert report.shards_written == 3 and len(list(tmp_path.glob("train-*.tar"))) == 3
+
+
+@pytest.mark.parametrize("foreign", ["train.json", "train-000000.tar"])
+def test_files_make_shards_did_not_write_are_refused_unless_overwrite(tmp_path, rng, foreign):
+    listing = _listing(6, rng)
+    (tmp_path / foreign).write_bytes(b'{"mine": true}')  # another tool's file under the split's names
+    with pytest.raises(ValueError, match=f"{foreign}.*not .*make_shards.*--overwrite"):
+        build_split(listing, tmp_path, "train", dataset="toy", options=WriteOptions(shard_size=3))
+    assert (tmp_path / foreign).read_bytes() == b'{"mine": true}'  # untouched
+    assert not list(tmp_path.glob("train-*.idx"))  # refused before anything was written
+    again = WriteOptions(shard_size=3, overwrite=True)
+    assert build_split(listing, tmp_path, "train", dataset="toy", options=again).info.num_samples == 6
+
+
+def test_a_stray_shard_beside_the_split_is_named_in_the_summary(tmp_path, rng, capsys):
+    listing = _listing(6, rng)
+    first = build_split(listing, tmp_path, "train", dataset="toy", options=WriteOptions(shard_size=3))
+    shutil.copy(tmp_path / "train-000000.tar", tmp_path / "train-000005.tar")  # left from an older set
+    again = build_split(listing, tmp_path, "train", dataset="toy", options=WriteOptions(shard_size=3))
+    assert again.stray == ["train-000005.tar"] and again.shards_reused == 2 and not first.stray
+    text = make_shards.summary([again], tmp_path, 1.0)
+    assert "warning: train-000005.tar in" in text and "train.json does not list them" in text
 
 
 def test_training_split_is_shuffled_once_and_evaluation_keeps_order(tmp_path, rng):

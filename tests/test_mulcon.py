@@ -192,7 +192,7 @@ def test_both_stages_end_to_end_on_digits(shards, tmp_path):
                     "--train.name=noema"])  # fmt: skip
 
 
-def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(shards, tmp_path):
+def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(shards, tmp_path, capsys):
     from fastmlic import pipeline
 
     first = tmp_path / "first.yaml"  # a stage one of one epoch: the user's own file on the preset
@@ -200,9 +200,13 @@ def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(s
     args = ["--cfg", "mulcon_stage2_digits", f"--recipe.first_stage={first}", f"--data.shards={shards}",
             f"--train.out_dir={tmp_path}", "--train.name=both", "--data.image_size=32", "--data.workers=0",
             "--data.backend=torch", "--model.embed_dim=32", "--model.backbone=resnet10t",
-            "--train.epochs=1"]  # fmt: skip
+            "--train.epochs=1", "--optim.momentum=0.8"]  # fmt: skip
     done = pipeline.main(args)
     root = tmp_path / "both"
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    # stage one takes its optimiser from its own file: the one override it does not take is named
+    assert notes == ["  note: stage stage1 does not take --optim.momentum=0.8 (it keeps optim.momentum=0.9): "
+                     "its recipe sets them for this stage (from its own preset or file: see --help)"]
     assert done["ran"] == ["stage1", "stage2"] and set(done["stages"].values()) == {"done"}
     one = yaml.safe_load((root / "stage1" / "config.yaml").read_text())
     two = yaml.safe_load((root / "stage2" / "config.yaml").read_text())
@@ -216,6 +220,12 @@ def test_the_pipeline_trains_stage_one_then_stage_two_from_its_last_checkpoint(s
     log = (root / "stage2" / "log.txt").read_text()
     assert "4 tensors not in the checkpoint keep their initialisation (projector." in log  # all else loaded
     assert pipeline.main(args)["ran"] == []  # done: the same command again skips both
+    (root / "stage1" / "last.pt").unlink()  # what stage two started from, deleted by hand
+    status = pipeline.main([*args, "--status"])["stages"]
+    assert status == {"stage1": "result gone", "stage2": "done"}
+    again = pipeline.main(args)  # the finished run kept aside, stage one trained again
+    assert again["ran"] == ["stage1"] and set(again["stages"].values()) == {"done"}
+    assert (root / "stage1.result-gone" / "best.pt").is_file() and (root / "stage1" / "last.pt").is_file()
 
 
 @pytest.mark.parametrize("preset, value, message", [

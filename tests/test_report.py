@@ -69,6 +69,29 @@ def test_a_cut_metrics_line_is_skipped_naming_the_file_and_line(run, tmp_path, c
     assert "best mAP" in text
 
 
+def test_an_unwritable_out_is_one_line_naming_it(run, unwritable, capsys):
+    from fastmlic.cli import exit_on_user_error
+
+    assert exit_on_user_error(lambda: report.main([str(run), "--out", str(unwritable)])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(unwritable) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_report_on_an_unfinished_run_says_so(run, tmp_path, capsys):
+    copy = tmp_path / "unfinished"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+    (copy / "summary.json").unlink()  # as a run stopped (or still going) after its first epoch
+    rows = (copy / "metrics.jsonl").read_text().splitlines()
+    rows = [r for r in rows if not (json.loads(r)["kind"] == "epoch" and json.loads(r)["epoch"] == 2)]
+    (copy / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    text = report.main([str(copy)]).read_text()
+    assert f"note: {copy} has not finished training" in capsys.readouterr().out
+    resume = f"(continue it with python fastmlic/train.py --resume {copy})"
+    assert f"<td>1 of 2: unfinished, best so far {resume}</td>" in text
+    assert "unfinished" not in report.main([str(run)]).read_text()
+
+
 def test_report_per_class_ap_equals_the_metrics_module(run):
     report.main([str(run)])
     in_report = json.loads((run / "report" / "per_class_ap.json").read_text())

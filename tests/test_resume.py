@@ -360,25 +360,29 @@ def test_a_rank_that_raises_stops_every_rank_and_is_named(shards, tmp_path):
 
 
 @pytest.mark.dist
-def test_sigterm_to_torchrun_stops_both_ranks_together_and_the_resume_is_exact(shards, tmp_path):
+def test_sigterm_to_the_launcher_stops_both_ranks_together_and_the_resume_is_exact(shards, tmp_path):
+    """torchrun's agent, through fastmlic.launch (its own launcher, ending in one line), passes SIGTERM on."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--data.batch_size=16", "--model.backbone=test_convnext", "--ema.enabled=false",
               "--train.epochs=2"]  # fmt: skip
 
-    def launch(port, *command):
-        return subprocess.Popen([torchrun, "--nproc_per_node=2", f"--master_port={port}",
+    def launch(port, *command, launcher=(torchrun,)):
+        return subprocess.Popen([*launcher, "--nproc_per_node=2", f"--master_port={port}",
                                  str(ROOT / "fastmlic" / "train.py"), *command], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     whole = launch(29542, *args(shards, tmp_path, "whole", "torch", *common))
     assert whole.wait(timeout=300) == 0, whole.communicate()
-    agent = launch(29543, *args(shards, tmp_path, "term", "torch", *common))
+    agent = launch(29543, *args(shards, tmp_path, "term", "torch", *common),
+                   launcher=(sys.executable, "-m", "fastmlic.launch"))
     run = tmp_path / "term"
     wait_for_step(agent, run, STEPS_PER_EPOCH + 2)  # 8 steps per epoch: 256 images, 2 x 16 per step
     agent.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
     out, err = agent.communicate(timeout=120)
     assert "preempted by SIGTERM" in out, err
+    assert agent.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("launch: stopped by SIGTERM")
     newest = torch.load(sorted((run / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
     assert newest["state"]["batches"] > 0 and len(newest["ranks"]) == 2
     resumed = launch(29544, "--resume", str(run))

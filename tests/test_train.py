@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import rawdata
@@ -114,14 +115,23 @@ def test_learns_and_the_checkpoint_evaluates_and_predicts(learnable, tmp_path, c
     images = [str(tmp_path / "img.jpg"), str(tmp_path / "bad.jpg")]
     results = predict.main(["--ckpt", str(run / "best.pt"), images[0], "--top-k", "3", "--json"])
     assert len(results) == 1 and len(results[0]["labels"]) == 3
-    # an unreadable input or a folder: the readable ones are still printed, then a non-zero exit
+    # a folder stands for its images; an unreadable input or a folder without images: the readable
+    # ones are still printed, then a non-zero exit
+    pics = tmp_path / "pics"
+    (pics / "sub").mkdir(parents=True)
+    Image.new("RGB", (30, 30), (10, 200, 10)).save(pics / "sub" / "b.png")
+    (pics / "a.jpg").write_bytes((tmp_path / "img.jpg").read_bytes())
+    (pics / "notes.txt").write_text("not an image, and not taken for one")
     capsys.readouterr()
     ckpt = str(run / "best.pt")
-    code = exit_on_user_error(lambda: predict.main(["--ckpt", ckpt, *images, str(tmp_path), "--json"]))
+    inputs = [*images, str(pics), str(tmp_path / "empty")]
+    code = exit_on_user_error(lambda: predict.main(["--ckpt", ckpt, *inputs, "--json"]))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 2
-    assert [sorted(r) for r in lines] == [["image", "labels"], ["error", "image"], ["error", "image"]]
-    assert lines[1]["image"].endswith("bad.jpg") and "not a readable image" in lines[1]["error"]
+    assert [(Path(r["image"]).name, sorted(r)) for r in lines] == [
+        ("img.jpg", ["image", "labels"]), ("bad.jpg", ["error", "image"]), ("a.jpg", ["image", "labels"]),
+        ("b.png", ["image", "labels"]), ("empty", ["error", "image"])]  # fmt: skip
+    assert "not a readable image" in lines[1]["error"] and "a folder with no image files" in lines[4]["error"]
     for bad in (["--top-k", "-2"], ["--threshold", "1.5"]):  # argparse names the option, exit 2
         with pytest.raises(SystemExit) as stop:
             predict.main(["--ckpt", str(run / "best.pt"), images[0], *bad])
@@ -183,7 +193,7 @@ def test_dali_training_on_shards_from_elsewhere_with_a_corrupt_jpeg_exits_2_nami
             "--data.backend=dali", *TINY[:3], "--model.backbone=test_convnext"]  # fmt: skip
     assert exit_on_user_error(lambda: train.main(args)) == 2
     err = capsys.readouterr().err
-    assert "has samples DALI cannot read:\n  val-000000.tar: val_000005.jpg: " in err
+    assert "has samples DALI cannot read (no check is recorded):\n  val-000000.tar: val_000005.jpg: " in err
     assert f"--verify {root} --repair" in err
     assert not (tmp_path / "d").exists()  # stopped before the run folder was made
 
@@ -269,6 +279,22 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(shards, t
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
         assert a["raw_mAP"] == pytest.approx(b["raw_mAP"], abs=5e-3)
         assert a["raw_num_samples"] == b["raw_num_samples"] == 96
+    # the same two processes as two nodes of one process each, met by a c10d rendezvous on 127.0.0.1: the
+    # README's multi-node commands, rehearsed on one machine; each "node" reads the same shards
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                  "--rdzv_endpoint=127.0.0.1:29535", "--rdzv_id=rehearsal"]  # fmt: skip
+    train = str(ROOT / "fastmlic" / "train.py")
+    nodes = [subprocess.Popen([torchrun, *rendezvous, f"--node_rank={rank}", train, *common,
+                               "--train.name=nodes", "--data.batch_size=16"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]  # fmt: skip
+    for node in nodes:
+        out, _ = node.communicate(timeout=600)
+        assert node.returncode == 0, out[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "nodes" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"] == two_steps  # exactly
+    assert [(e["loss"], e["raw_mAP"]) for e in epochs(tmp_path / "nodes")] == [
+        (e["loss"], e["raw_mAP"]) for e in two]  # fmt: skip
 
 
 def test_gradient_accumulation_matches_the_larger_batch(shards, tmp_path):

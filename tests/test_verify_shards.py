@@ -10,8 +10,8 @@ import rawdata
 import webdataset as wds
 from conftest import ROOT
 
-from fastmlic.shards.format import SplitInfo, decode_multi_hot
-from fastmlic.shards.verify import repair, verify
+from fastmlic.shards.format import SplitInfo, decode_multi_hot, fingerprint
+from fastmlic.shards.verify import changed_shards, repair, verify
 from fastmlic.shards.writer import ShardSample, read_labels, write_shard
 
 spec = importlib.util.spec_from_file_location("make_shards", ROOT / "tools" / "make_shards.py")
@@ -112,6 +112,36 @@ def test_repair_keeps_a_truncated_tars_whole_samples_and_verify_records_the_deco
     assert 0 < len(kept) < 10 and kept == whole[: len(kept)]  # the samples before the cut, in order
     assert after.num_samples == 10 + len(kept) and after.dropped == {"truncated tar": 10 - len(kept)}
     assert after.image_check == "decode" and verify(shard_dir) == ([], 20 + len(kept))
+
+
+def test_make_shards_and_verify_record_each_checked_tar_and_repair_writes_a_stale_index_again(tmp_path):
+    shard_dir = small_digits(tmp_path, 10, 20, 10)
+    info = SplitInfo.load(shard_dir / "val.json")
+    for entry in info.shards:  # what the check saw, so a loader can tell a tar changed since
+        assert entry.checked == fingerprint(shard_dir / entry.tar)
+    assert changed_shards(info, shard_dir) == []
+    tar = shard_dir / "val-000001.tar"
+    samples = [ShardSample(s["__key__"], (("jpg", s["jpg"]), ("lbl", s["lbl"])))
+               for s in wds.WebDataset(str(tar), shardshuffle=False)]  # fmt: skip
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    write_shard(staging / tar.name, samples[::-1])  # the same samples in another order, the old index kept
+    (staging / tar.name).replace(tar)
+    assert [e.tar for e in changed_shards(info, shard_dir)] == ["val-000001.tar"]
+    found, _ = verify(shard_dir)
+    assert [(b.shard, b.member) for b in found] == [("val-000001.tar", "val-000001.idx")]
+    assert "it is stale" in found[0].reason
+    assert make_shards.main(["--verify", str(shard_dir), "--repair"]) == 0
+    after = SplitInfo.load(shard_dir / "val.json")
+    assert after.num_samples == 20 and "corrupt image" not in after.dropped  # nothing was lost
+    assert verify(shard_dir) == ([], 30) and changed_shards(after, shard_dir) == []
+
+
+def test_make_shards_into_an_unwritable_out_is_one_line_naming_it(unwritable, capsys):
+    args = ["--data", "digits", "--out", str(unwritable), "--digits-train", "10", "--digits-val", "10"]
+    assert make_shards.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {unwritable}") and "Traceback" not in err
 
 
 def test_verify_arguments(tmp_path):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fastmlic import __version__
 from fastmlic.datasets import DATASETS, SplitListing, get_reader
-from fastmlic.errors import MissingInput, UserError
+from fastmlic.errors import MissingInput, UserError, refused_location
 from fastmlic.shards.build import ImageOptions, SplitReport, WriteOptions, build_split
 from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
@@ -182,6 +182,11 @@ def summary(reports: list[SplitReport], out_dir: Path, seconds: float, shared: l
         if r.bad:
             report = out_dir / f"{r.split}.skipped.tsv"
             lines.append(f"{len(r.bad)} corrupt images skipped in '{r.split}': see {report}")
+        if r.stray:
+            shown = ", ".join(r.stray[:4]) + (f" and {len(r.stray) - 4} more" if len(r.stray) > 4 else "")
+            lines.append(f"warning: {shown} in {out_dir} are not part of split '{r.split}' "
+                         f"({r.json_path.name} does not list them; readers never see them): remove "
+                         f"them")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -222,6 +227,16 @@ def verify_shards(shard_dir: Path, fix: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except OSError as e:  # a read-only or full --out: shards already finished stay whole (a rerun resumes)
+        if (refused := refused_location(e)) is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.verify is not None:
         return verify_shards(args.verify, args.repair)

@@ -13,9 +13,10 @@ decode into V chains of the random ops (crop, RandAugment, flip), each drawing i
 random crop then runs as its own op on the decoded image instead of inside the decoder.
 
 DALI cannot skip an undecodable image: the pipeline stops, and some corrupt JPEGs crash the process
-in the decoder instead. So a split is read only when its images were decoded once before (make_shards
-does it while writing, `make_shards --verify` for shards from elsewhere; SPLIT.json records it); a
-small unrecorded split is checked here first. Any other failure is turned into an error that names
+in the decoder instead. So a shard is read only when its images were decoded once before (make_shards
+does it while writing, `make_shards --verify` for shards from elsewhere; SPLIT.json records it with
+each tar's size, time and CRC) and it has not changed since; a small unrecorded or changed shard is
+checked here first. Any other failure is turned into an error that names
 the bad members and the command that repairs them.
 """
 
@@ -30,8 +31,8 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
-from ..shards.verify import check_shard
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, ShardEntry, SplitInfo
+from ..shards.verify import changed_shards, check_shard
 from .batch import DataError, LoaderBase, LoaderSpec, nhwc_to_channels_last
 
 READER = "Reader"
@@ -219,37 +220,49 @@ class DaliLoader(LoaderBase):
             raise self._explain(e) from None
 
     def _require_checked_images(self) -> None:
+        """Read only shards whose images decoded once: those a recorded check saw, as they were then.
+        Others (never checked, only structure-checked, or changed since) are decoded here first when
+        they are small enough, else refused with the command that checks them."""
         info = self.shard_info
-        if info.image_check == "decode":
+        unchecked = changed_shards(info, self.root)
+        if not unchecked:
             return
-        structure_only = info.image_check == "structure"
-        why = "only their JPEG structure was checked" if structure_only else "no check is recorded"
+        if info.image_check == "decode":
+            names = ", ".join(e.tar for e in unchecked[:3]) + (", ..." if len(unchecked) > 3 else "")
+            why = f"{len(unchecked)} of its shards changed since their images were checked ({names})"
+        elif info.image_check == "structure":
+            why = "only their JPEG structure was checked"
+        else:
+            why = "no check is recorded"
         verify = f"python tools/make_shards.py --verify {self.root}"
-        if sum(s.bytes for s in info.shards) > SCAN_LIMIT_BYTES:
+        json_path = self.root / f"{info.split}.json"
+        if sum(e.bytes for e in unchecked) > SCAN_LIMIT_BYTES:
             raise DataError(
-                f"{self.root / (info.split + '.json')}: the images of split {info.split!r} were never "
-                f"decoded once ({why}), and DALI's decoder can crash the process on a corrupt JPEG. Check "
-                f"them once (the result is recorded there): {verify}; or use --data.backend=torch, which "
-                f"skips unreadable samples"
+                f"{json_path}: the images of split {info.split!r} are not known to decode ({why}), and "
+                f"DALI's decoder can crash the process on a corrupt JPEG. Check them once (the result is "
+                f"recorded there): {verify}; or use --data.backend=torch, which skips unreadable samples"
             )
         started = time.perf_counter()
-        bad = self._bad_members()
+        bad = self._bad_members(unchecked)
         if bad:
-            lines = [f"split {info.split!r} ({self.root}) has samples DALI cannot read:", *bad,
+            lines = [f"split {info.split!r} ({self.root}) has samples DALI cannot read ({why}):", *bad,
                      f"remove them with: {verify} --repair (a truncated tar keeps its whole samples before "
-                     f"the cut); or use --data.backend=torch, which skips them"]  # fmt: skip
+                     f"the cut; a stale index is written again); or use --data.backend=torch, which skips "
+                     f"unreadable samples"]  # fmt: skip
             raise DataError("\n".join(lines))
+        count = sum(e.num_samples for e in unchecked)
         warnings.warn(
-            f"split {info.split!r} ({self.root}): {why}, so its {info.num_samples} images were decoded "
-            f"once before DALI reads them ({time.perf_counter() - started:.1f} s); record the check with: "
-            f"{verify}",
+            f"split {info.split!r} ({self.root}): {why}, so {count} images were decoded before DALI reads "
+            f"them ({time.perf_counter() - started:.1f} s), all readable; record the check with: {verify}",
             stacklevel=3,
         )
 
-    def _bad_members(self) -> list[str]:
-        """The split's unreadable members, one line each (at most 10 and a count)."""
+    def _bad_members(self, entries: list[ShardEntry] | None = None) -> list[str]:
+        """The unreadable members of `entries` (default: every shard of the split), one line each (at
+        most 10 and a count)."""
         shards = self.shard_info
-        bad = [b for p in shards.shard_paths(self.root) for b in check_shard(p, shards.num_classes)[0]]
+        entries = shards.shards if entries is None else entries
+        bad = [b for e in entries for b in check_shard(self.root / e.tar, shards.num_classes)[0]]
         lines = [f"  {b.describe()}" for b in bad[:10]]
         if len(bad) > 10:
             lines.append(f"  ... and {len(bad) - 10} more")

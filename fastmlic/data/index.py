@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo, read_index
 
 
 class BadSample(InputError):
@@ -23,28 +23,6 @@ class SampleRef:
     shard: int  # position in SplitInfo.shards
     key: str
     members: dict[str, tuple[int, int]]  # extension -> (offset, size) in the tar
-
-
-def read_index(idx_path: Path, expected: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {ext: (offset, size)})] from a DALI v1.2 index; errors name the file and line."""
-    lines = Path(idx_path).read_text().splitlines()
-    head = lines[0].split() if lines else []
-    if len(head) != 2 or head[0] != "v1.2":
-        raise InputError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
-    if int(head[1]) != expected or len(lines) - 1 != expected:
-        raise InputError(f"{idx_path}: lists {len(lines) - 1} samples, the split description says {expected}")
-    out = []
-    for n, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if not fields or len(fields) % 4:
-            raise InputError(f"{idx_path}:{n}: expected groups of 'ext offset size name'")
-        members, key = {}, None
-        for i in range(0, len(fields), 4):
-            ext, offset, size, name = fields[i : i + 4]
-            members[ext] = (int(offset), int(size))
-            key = name.split(".", 1)[0]
-        out.append((key, members))
-    return out
 
 
 class ShardIndex:

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..preemption import ignore_interrupts
-from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+from ..shards.verify import changed_shards, index_problem
 from .batch import DataError, LoaderBase, LoaderSpec, normalize_uint8
 from .index import BadSample, ShardIndex
 
@@ -211,6 +212,17 @@ class ShardDataset(Dataset):
         return views, labels, ignore, self.index.refs[i].key, skipped
 
 
+def _require_current_indexes(info: SplitInfo, root: Path) -> None:
+    """Samples are read where the index says; a tar rewritten after its index would give other bytes
+    (labels of another length among them). Only shards not known unchanged since their check are read
+    for this, and only their headers."""
+    stale = [f"  {e.tar}: {why}" for e in changed_shards(info, root) if (why := index_problem(root / e.tar))]
+    if stale:
+        head = f"split {info.split!r} ({root}): {len(stale)} shards do not match their index (.idx):"
+        fix = f"write the indexes again with: python tools/make_shards.py --verify {root} --repair"
+        raise DataError("\n".join([head, *stale[:10], fix]))
+
+
 class _sample_rng:
     """Seed torch's global generator per sample and view (the v2 transforms draw from it); in the main
     process (workers=0) the previous state is restored so model-side randomness is untouched. View 0
@@ -255,6 +267,7 @@ class TorchLoader(LoaderBase):
         super().__init__(spec)
         cfg = spec.cfg
         index = ShardIndex(spec.info, spec.root)
+        _require_current_indexes(spec.info, spec.root)
         if spec.train:
             self.sampler = TrainSampler(len(index), spec.rank, spec.world_size, spec.seed)
         else:

@@ -110,8 +110,9 @@ class StepContext:
 @dataclass
 class Stage:
     """One step of a pipeline: a training run (`config` gives its config, built when the stage starts, so
-    it may read what earlier stages wrote) or a step that writes `outputs` (`make`). `folder` is the run's
-    folder, or the folder the step writes into."""
+    it may read what earlier stages wrote) or a step that writes files (`make`). `folder` is the run's
+    folder, or the folder the step writes into. `outputs`: the files the step writes, or those of a run
+    that later stages (or the user) take; a stage is done only while they are there."""
 
     name: str
     folder: Path
@@ -170,7 +171,8 @@ class Recipe:
     def stages(cls, cfg: Config, root: Path) -> list[Stage]:
         """The runs (and file steps) that make this recipe's result, in order, each in its own folder
         under `root`: one run of `cfg` unless a recipe chains several (teachers, then a student)."""
-        return [Stage("train", root / "train", config=lambda: stage_config(cfg.to_dict(), root / "train"))]
+        return [Stage("train", root / "train", config=lambda: stage_config(cfg.to_dict(), root / "train"),
+                      outputs=(root / "train" / "best.pt",))]  # fmt: skip
 
     @classmethod
     def data_request(cls, cfg: Config) -> DataRequest:

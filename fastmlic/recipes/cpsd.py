@@ -124,9 +124,11 @@ class CPSD(Recipe):
         for name in teachers:
             mode, k = name[:3], int(name[3:])
             build = partial(part_teacher_config, cfg, root / name, files[mode], k)
-            stages.append(Stage(name, root / name, needs=("partition",), config=build))
+            stages.append(Stage(name, root / name, needs=("partition",), config=build,
+                                outputs=(root / name / "best.pt",)))  # the student's teacher weights
         return [*stages, Stage("student", root / "student", needs=tuple(teachers),
-                               config=partial(student_config, cfg, root))]  # fmt: skip
+                               config=partial(student_config, cfg, root),
+                               outputs=(root / "student" / "best.pt",))]  # fmt: skip
 
     @classmethod
     def read_released(cls, path, cfg, classes, options):

@@ -270,9 +270,11 @@ class MulCon(Recipe):
         """Stage two with `recipe.first_stage`: stage1, then stage2 from its last.pt; else one run."""
         if not cfg.recipe.first_stage:
             return super().stages(cfg, root)
-        first = Stage("stage1", root / "stage1", config=partial(first_stage_config, cfg, root / "stage1"))
+        first = Stage("stage1", root / "stage1", config=partial(first_stage_config, cfg, root / "stage1"),
+                      outputs=(first_stage_state(cfg, root / "stage1"),))  # what stage two starts from
         return [first, Stage("stage2", root / "stage2", needs=("stage1",),
-                             config=partial(second_stage_config, cfg, root))]  # fmt: skip
+                             config=partial(second_stage_config, cfg, root),
+                             outputs=(root / "stage2" / "best.pt",))]  # fmt: skip
 
     @classmethod
     def data_request(cls, cfg) -> DataRequest:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from .format import (
+    FORMAT,
     IGNORE_EXT,
     IMAGE_EXT,
     LABEL_EXT,
@@ -28,6 +29,7 @@ from .format import (
     check_key,
     decode_multi_hot,
     encode_multi_hot,
+    fingerprint,
     shard_name,
     split_json_path,
     write_atomic,
@@ -62,6 +64,7 @@ class SplitReport:
     shards_written: int = 0
     shards_reused: int = 0
     bad: list[tuple[str, str, str, str]] = field(default_factory=list)  # (shard, key, source, reason)
+    stray: list[str] = field(default_factory=list)  # files under the split's names it does not list
 
 
 def _prepare(job: tuple[int, Path | bytes, ImageOptions]) -> tuple[int, bytes | None, str | None, str | None]:
@@ -95,23 +98,48 @@ def _plan(listing: SplitListing, shard_size: int, options: ImageOptions, order: 
 
 
 def _check_plan(out_dir: Path, split: str, plan: dict, overwrite: bool) -> Path:
+    """Where the split's plan is kept while it is written. Refuses (without --overwrite) shards written
+    with another plan, and files under the split's names that make_shards did not write: a SPLIT.json
+    of another format, or shard files that no plan or SPLIT.json of ours accounts for."""
     plan_path = out_dir / f".{split}.plan.json"
+    json_path = split_json_path(out_dir, split)
+    retry = "pass --overwrite to replace them, or choose another --out"
     old = None
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
-    elif split_json_path(out_dir, split).is_file():
-        old = json.loads(split_json_path(out_dir, split).read_text()).get("plan")
+    elif json_path.is_file():
+        try:
+            raw = json.loads(json_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raw = None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            if not overwrite:
+                raise InputError(f"{json_path} exists and is not a split description make_shards wrote (no "
+                                 f"{FORMAT!r} format marker); {retry.replace('them', 'it')}")  # fmt: skip
+        else:
+            old = raw.get("plan")
+    elif not overwrite and (foreign := sorted(p.name for p in out_dir.glob(f"{split}-*.*"))):
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise InputError(f"{out_dir}: {shown} were not written by make_shards for split '{split}' (no "
+                         f"{json_path.name} or unfinished build of ours lists them); {retry}")  # fmt: skip
     if old is not None and old != plan and not overwrite:
         changed = sorted(k for k in plan if old.get(k) != plan[k])
         raise InputError(
             f"{out_dir}: shards of split '{split}' were written with other settings ({', '.join(changed)} "
-            f"differ); pass --overwrite to rewrite them or choose another --out"
+            f"differ); {retry}"
         )
     if overwrite:
         for stale in out_dir.glob(f"{split}-*.*"):
             stale.unlink()
     write_atomic(plan_path, json.dumps(plan).encode())
     return plan_path
+
+
+def stray_shards(out_dir: Path, info: SplitInfo) -> list[str]:
+    """Shard files under the split's names that its SPLIT.json does not list (left by hand or by
+    another tool): readers never see them, a user copying the folder should know."""
+    listed = {name for e in info.shards for name in (e.tar, e.index)}
+    return sorted(p.name for p in out_dir.glob(f"{info.split}-*.*") if p.name not in listed)
 
 
 class LabelStats:
@@ -296,7 +324,11 @@ def build_split(
         reencoded=dict(writer.reencoded), source={"conventions": listing.conventions, **(source or {})},
         plan=plan, image_check=options.image.check,
     )  # fmt: skip
+    if options.image.check == "decode":  # what the check saw, so a shard changed later is checked again
+        for entry in info.shards:
+            entry.checked = fingerprint(out_dir / entry.tar)
     json_path = split_json_path(out_dir, split)
     info.save(json_path)
     plan_path.unlink()
-    return SplitReport(split, info, json_path, writer.written, writer.reused, writer.bad)
+    return SplitReport(split, info, json_path, writer.written, writer.reused, writer.bad,
+                       stray_shards(out_dir, info))  # fmt: skip

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,31 @@ def encode_multi_hot(ids: tuple[int, ...] | list[int], num_classes: int) -> byte
 def decode_multi_hot(data: bytes, num_classes: int, where: str = "") -> np.ndarray:
     row = np.frombuffer(data, dtype=np.uint8)
     if row.size != num_classes or row.max(initial=0) > 1:
-        raise InputError(f"{where}: expected {num_classes} bytes of 0/1, got {row.size} bytes")
+        prefix = f"{where}: " if where else ""
+        raise InputError(f"{prefix}expected {num_classes} bytes of 0/1, got {row.size} bytes")
     return row
+
+
+def read_index(idx_path: Path, expected: int | None = None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {ext: (offset, size)})] from a DALI v1.2 index; errors name the file and line."""
+    lines = Path(idx_path).read_text().splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != "v1.2":
+        raise InputError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
+    if expected is not None and (int(head[1]) != expected or len(lines) - 1 != expected):
+        raise InputError(f"{idx_path}: lists {len(lines) - 1} samples, the split description says {expected}")
+    out = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise InputError(f"{idx_path}:{n}: expected groups of 'ext offset size name'")
+        members, key = {}, None
+        for i in range(0, len(fields), 4):
+            ext, offset, size, name = fields[i : i + 4]
+            members[ext] = (int(offset), int(size))
+            key = name.split(".", 1)[0]
+        out.append((key, members))
+    return out
 
 
 def shard_name(split: str, index: int) -> str:
@@ -73,12 +97,27 @@ def split_names(shard_dir: Path) -> list[str]:
     return names
 
 
+def fingerprint(tar_path: Path) -> dict:
+    """What identifies a checked tar: its size, modification time and CRC-32 (1-2 GB/s: read once
+    when the check is recorded, and again only for a tar whose time changed)."""
+    st = os.stat(tar_path)
+    crc = 0
+    with open(tar_path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": crc}
+
+
 @dataclass
 class ShardEntry:
     tar: str
     index: str
     num_samples: int
     bytes: int
+    # the tar as it was when its images were decode-checked ({bytes, mtime_ns, crc32}; empty: never):
+    # a shard changed since (bit rot caught by a copy, an edit in place) is checked again before DALI
+    # reads it (shards/verify.changed_shards)
+    checked: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -174,5 +213,9 @@ class SplitInfo:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename, so a crash never leaves a file that looks complete."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only folder, Ctrl-C: no temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise

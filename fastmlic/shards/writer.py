@@ -36,22 +36,27 @@ def write_shard(tar_path: Path, samples: list[ShardSample]) -> int:
     tmp_idx = idx_path.with_name(f".{idx_path.name}.tmp{os.getpid()}")
     for sample in samples:  # before anything is opened: a bad key leaves no temporary behind
         check_key(sample.key)
-    lines = []
-    with open(tmp_tar, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for sample in samples:
-            components = []
-            for ext, payload in sample.members:
-                info = tarfile.TarInfo(f"{sample.key}.{ext}")
-                info.size, info.mode, info.mtime = len(payload), 0o644, 0
-                tf.addfile(info, io.BytesIO(payload))
-                # tf.offset now points past this member's padded data, whatever headers preceded it
-                data_offset = tf.offset - (len(payload) + BLOCK - 1) // BLOCK * BLOCK
-                components.append((ext, data_offset, len(payload), info.name))
-            lines.append(_index_line(components))
-    tmp_idx.write_text(f"{DALI_INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
-    size = tmp_tar.stat().st_size
-    os.replace(tmp_tar, tar_path)
-    os.replace(tmp_idx, idx_path)
+    try:
+        lines = []
+        with open(tmp_tar, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for sample in samples:
+                components = []
+                for ext, payload in sample.members:
+                    info = tarfile.TarInfo(f"{sample.key}.{ext}")
+                    info.size, info.mode, info.mtime = len(payload), 0o644, 0
+                    tf.addfile(info, io.BytesIO(payload))
+                    # tf.offset now points past this member's padded data, whatever headers preceded it
+                    data_offset = tf.offset - (len(payload) + BLOCK - 1) // BLOCK * BLOCK
+                    components.append((ext, data_offset, len(payload), info.name))
+                lines.append(_index_line(components))
+        tmp_idx.write_text(f"{DALI_INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
+        size = tmp_tar.stat().st_size
+        os.replace(tmp_tar, tar_path)
+        os.replace(tmp_idx, idx_path)
+    except BaseException:  # a full disk, a read-only folder, Ctrl-C: no temporary file stays behind
+        tmp_tar.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+        raise
     return size
 
 
