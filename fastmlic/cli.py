@@ -42,19 +42,30 @@ def exit_on_user_error(main: Callable[[], object]) -> int:
         return e.exit_code  # the trainer has printed where it saved and how to continue
     except UserError as e:
         print(f"error{where}: {e}", file=sys.stderr)
-        _cleanup()
-        return 2
+        return _end_after_user_error(rank)
     except OSError as e:  # a read-only, forbidden or full location is the user's to fix; others are bugs
         if (refused := refused_location(e)) is None:
             raise
         print(f"error{where}: {refused}", file=sys.stderr)
-        _cleanup()
-        return 2
+        return _end_after_user_error(rank)
     except Exception as e:  # a bug or a failed rank: the traceback, then one line saying which rank
         if rank is not None:
             print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         raise
     return 0
+
+
+def _end_after_user_error(rank: int | None) -> int:
+    """2, after the process group is torn down; a rank under torchrun leaves at once instead. Its peers
+    fail on the same input or are stopped by torchrun, and tearing a Gloo group down while they go
+    aborted the process in C++ now and then ("terminate called without an active exception", exit 134
+    instead of 2). Run logs are appended and closed a line at a time, so nothing is lost by leaving."""
+    if rank is None:
+        _cleanup()
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _cleanup() -> None:
