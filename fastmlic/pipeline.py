@@ -35,24 +35,18 @@ if TYPE_CHECKING:  # the recipes' code imports torch, which `--help` does not wa
 # --------------------------------------------------------------------------- state on disk
 
 
-def read_summary(folder: Path) -> dict | None:
-    path = folder / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 RESULT_MISSING = "result gone"
 
 
 def stage_status(stage: Stage) -> str:
     """'done', 'interrupted' (a run with a checkpoint that has not finished), 'to do', or RESULT_MISSING
     (a run that finished, one of whose outputs has been deleted since: it is trained again)."""
-    from .run import resumable  # imports torch: not needed for --help
+    from .run import finished, resumable  # imports torch: not needed for --help
 
     present = all(p.is_file() for p in stage.outputs)
     if stage.make is not None:
         return "done" if present else "to do"
-    summary = read_summary(stage.folder)
-    if summary is not None and summary.get("finished"):
+    if finished(stage.folder):
         return "done" if present else RESULT_MISSING
     return "interrupted" if resumable(stage.folder) else "to do"
 
@@ -89,6 +83,8 @@ def under(path: Path, root: Path) -> Path:
 
 def summary_lines(stages: list[Stage], root: Path, ran: list[str]) -> list[str]:
     """The stage table: status, classes, best mAP, and the final run's mAP on each run's classes."""
+    from .run import read_summary
+
     runs = [(s, read_summary(s.folder)) for s in stages if s.make is None]
     final, final_summary = runs[-1] if runs else (None, None)
     final_ap = best_class_ap(final.folder, final_summary) if final_summary else {}
@@ -138,11 +134,10 @@ def overrides_not_taken(stage_cfg, cfg, overrides: list[str]) -> list[str]:
     for section, key, raw in parse_overrides(overrides):
         if (section, key) in FOLDER_KEYS or section == "recipe":  # the recipe's keys make the stages
             continue
-        wanted = getattr(getattr(cfg, section), key)
-        kept = getattr(getattr(stage_cfg, section), key, None)
-        if kept is None and not hasattr(getattr(stage_cfg, section), key):
+        stage_section = getattr(stage_cfg, section)
+        if not hasattr(stage_section, key):
             notes.append(f"--{section}.{key}={raw} (recipe {stage_cfg.recipe.name} has no such key)")
-        elif kept != wanted:
+        elif (kept := getattr(stage_section, key)) != getattr(getattr(cfg, section), key):
             notes.append(f"--{section}.{key}={raw} (it keeps {section}.{key}={kept!r})")
     return notes
 

@@ -366,13 +366,9 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
     (out / "report.html").write_text(page)
 
 
-def finished(run: Path) -> bool:
-    """Whether the run trained all its epochs (or stopped early by design): its summary.json says so."""
-    summary = run / "summary.json"
-    return summary.is_file() and bool(json.loads(summary.read_text()).get("finished"))
-
-
 def training_headline(epochs: list[dict], ckpt, run: Path, planned: int) -> dict:
+    from .run import finished
+
     last = epochs[-1]
     unfinished = "" if finished(run) else (f" of {planned}: unfinished, best so far (continue it with python "
                                       f"fastmlic/train.py --resume {run})")  # fmt: skip
@@ -433,6 +429,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     path = build_report(args.run, args.split, args.out)
     print(f"report: {path}  (open it in a browser; PNGs beside it)")
+    from .run import finished  # torch is loaded by now
+
     if (args.run / "metrics.jsonl").is_file() and not finished(args.run):
         print(f"note: {args.run} has not finished training: the report shows its best weights so far "
               f"(continue it with python fastmlic/train.py --resume {args.run})")  # fmt: skip

@@ -37,6 +37,18 @@ class RunFolderError(UserError):
     """The run folder cannot be used or written; the message names the path and the cause."""
 
 
+def read_summary(path: Path) -> dict | None:
+    """RUN/summary.json, or None before a run has written one."""
+    summary = path / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else None
+
+
+def finished(path: Path) -> bool:
+    """Whether RUN trained all its epochs (or stopped early by design): its summary.json says so."""
+    summary = read_summary(path)
+    return bool(summary and summary.get("finished"))
+
+
 def resumable(path: Path) -> bool:
     """Whether RUN holds a training state to continue from."""
     return (path / "last.pt").is_file() or any((path / "checkpoints").glob("step-*.pt"))

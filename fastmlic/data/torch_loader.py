@@ -215,8 +215,9 @@ class ShardDataset(Dataset):
 def _require_current_indexes(info: SplitInfo, root: Path) -> None:
     """Samples are read where the index says; a tar rewritten after its index would give other bytes
     (labels of another length among them). Only shards not known unchanged since their check are read
-    for this, and only their headers."""
-    stale = [f"  {e.tar}: {why}" for e in changed_shards(info, root) if (why := index_problem(root / e.tar))]
+    for this, and only their headers: less than the CRC a touched tar would otherwise be read for."""
+    changed = changed_shards(info, root, by_content=False)
+    stale = [f"  {e.tar}: {why}" for e in changed if (why := index_problem(root / e.tar))]
     if stale:
         head = f"split {info.split!r} ({root}): {len(stale)} shards do not match their index (.idx):"
         fix = f"write the indexes again with: python tools/make_shards.py --verify {root} --repair"

@@ -103,7 +103,7 @@ def _check_plan(out_dir: Path, split: str, plan: dict, overwrite: bool) -> Path:
     of another format, or shard files that no plan or SPLIT.json of ours accounts for."""
     plan_path = out_dir / f".{split}.plan.json"
     json_path = split_json_path(out_dir, split)
-    retry = "pass --overwrite to replace them, or choose another --out"
+    retry = "pass --overwrite to replace {}, or choose another --out"
     old = None
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
@@ -115,18 +115,19 @@ def _check_plan(out_dir: Path, split: str, plan: dict, overwrite: bool) -> Path:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             if not overwrite:
                 raise InputError(f"{json_path} exists and is not a split description make_shards wrote (no "
-                                 f"{FORMAT!r} format marker); {retry.replace('them', 'it')}")  # fmt: skip
+                                 f"{FORMAT!r} format marker); {retry.format('it')}")  # fmt: skip
         else:
             old = raw.get("plan")
     elif not overwrite and (foreign := sorted(p.name for p in out_dir.glob(f"{split}-*.*"))):
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise InputError(f"{out_dir}: {shown} were not written by make_shards for split '{split}' (no "
-                         f"{json_path.name} or unfinished build of ours lists them); {retry}")  # fmt: skip
+                         f"{json_path.name} or unfinished build of ours lists them); "
+                         f"{retry.format('them')}")  # fmt: skip
     if old is not None and old != plan and not overwrite:
         changed = sorted(k for k in plan if old.get(k) != plan[k])
         raise InputError(
             f"{out_dir}: shards of split '{split}' were written with other settings ({', '.join(changed)} "
-            f"differ); {retry}"
+            f"differ); {retry.format('them')}"
         )
     if overwrite:
         for stale in out_dir.glob(f"{split}-*.*"):

@@ -144,10 +144,11 @@ def check_shard(tar_path: Path, num_classes: int | None) -> tuple[list[BadMember
     return bad, len(samples)
 
 
-def unchanged_since_check(entry: ShardEntry, root: Path) -> bool:
+def unchanged_since_check(entry: ShardEntry, root: Path, by_content: bool = True) -> bool:
     """The shard's tar is the one its decode check saw: same size and time, or (copied or touched
-    since) same size and CRC-32. Edits in place, copies cut short and bad copies all fail this; bit
-    rot that leaves the time alone does not (`make_shards.py --verify` decodes everything)."""
+    since; only `by_content`) same size and CRC-32. Edits in place, copies cut short and bad copies all
+    fail this; bit rot that leaves the time alone does not (`make_shards.py --verify` decodes
+    everything)."""
     recorded, path = entry.checked, Path(root) / entry.tar
     try:
         st = os.stat(path)
@@ -155,15 +156,18 @@ def unchanged_since_check(entry: ShardEntry, root: Path) -> bool:
         return False
     if not recorded or st.st_size != recorded["bytes"]:
         return False
-    return st.st_mtime_ns == recorded["mtime_ns"] or fingerprint(path)["crc32"] == recorded["crc32"]
+    if st.st_mtime_ns == recorded["mtime_ns"]:
+        return True
+    return by_content and fingerprint(path)["crc32"] == recorded["crc32"]
 
 
-def changed_shards(info: SplitInfo, root: Path) -> list[ShardEntry]:
+def changed_shards(info: SplitInfo, root: Path, by_content: bool = True) -> list[ShardEntry]:
     """The split's shards whose images are not known to decode: all of them where no decode check is
-    recorded, else those changed since it."""
+    recorded, else those changed since it. Without `by_content` a tar with a new time counts as
+    changed without reading it for its CRC (for a caller whose own check is cheaper than that read)."""
     if info.image_check != "decode":
         return list(info.shards)
-    return [e for e in info.shards if not unchanged_since_check(e, root)]
+    return [e for e in info.shards if not unchanged_since_check(e, root, by_content)]
 
 
 def verify(shard_dir: Path, progress=lambda n: None) -> tuple[list[BadMember], int]:
