@@ -126,7 +126,7 @@ FOLDER_KEYS = {("train", "out_dir"), ("train", "name")}
 
 def overrides_not_taken(stage_cfg, cfg, overrides: list[str]) -> list[str]:
     """The command line's `--section.key=value` (which `cfg`, the preset's config, holds) that a stage's
-    config does not hold: a recipe gives that stage its own value (MulCon's stage one takes its epochs
+    config does not hold: a recipe gives that stage its own value (a first stage that takes its epochs
     from its own preset) or the stage's recipe has no such key. Each with what the stage keeps."""
     from .config import parse_overrides
 
