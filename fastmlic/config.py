@@ -177,7 +177,11 @@ class LossConfig:
     scale: float = option(
         1.0, "multiplier after the reduction (mean x 1000 is the Query2Label form)", above=0
     )
-    use_ignore: bool = option(True, "leave ignore-marked cells (VOC difficult-only) out of the loss")
+    use_ignore: bool = option(
+        True, "leave the cells the shards mark ignore out of the loss (VOC's difficult-only labels, Open "
+        "Images' unverified ones); false trains them as negatives, as ASL trains Open Images. Metrics always "
+        "leave them out"
+    )
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 from .cli import exit_on_user_error
 from .errors import InputError, MissingInput, MissingPackage
 from .shards.format import SplitInfo
+from .shards.storage import split_location
 
 if TYPE_CHECKING:
     from .data.index import ShardIndex
@@ -156,7 +157,9 @@ def cluster_order(affinity: np.ndarray) -> list[int]:
     return leaves_list(linkage(squareform(distance, checks=False), method="average")).tolist()
 
 
-def plot_cooccurrence(info: SplitInfo, out: Path) -> Path:
+def plot_cooccurrence(info: SplitInfo, out: Path) -> Path | None:
+    if not info.cooccurrence:  # not recorded for thousands of classes (Open Images)
+        return None
     plt = _plt()
     counts = np.asarray(info.cooccurrence, dtype=np.float64)
     # P(column | row): how often a row class's images also hold the column class
@@ -344,7 +347,7 @@ def _write_report(run: Path, split: str | None, out: Path, steps: list[dict], ep
         "Per-class AP": plot_class_ap(ap, classes, positives, out),
         "Label co-occurrence (training split)": plot_cooccurrence(train_info, out),
         "Predictions": plot_grid(
-            preds, ShardIndex(loader.shard_info, path.parent), classes, cfg.train.threshold, out
+            preds, ShardIndex(loader.shard_info, split_location(path)[0]), classes, cfg.train.threshold, out
         ),
     }
     (out / "per_class_ap.json").write_text(json.dumps(dict(zip(classes, metrics["ap"], strict=True))))

@@ -159,6 +159,39 @@ def make_vg500(root: Path, rng: np.random.Generator) -> dict:
     return {"classes": [str(i) for i in range(500)]}
 
 
+OI_CLASSES = {"/m/01": "Cat", "/m/02": "Dog", "/m/03": "Tree", "/m/04": "Bow", "/m/05": "Bow",
+              "/m/09": "Rare"}  # fmt: skip
+OI_TRAINABLE = ["/m/02", "/m/01", "/m/04", "/m/05", "/m/03"]  # /m/09 is described, not trainable
+
+
+def make_openimages(root: Path, rng: np.random.Generator) -> dict:
+    """Open Images V6 files: trainable classes in a non-alphabetical order, two classes sharing a display
+    name, a label of a non-trainable class, an image whose only label is non-trainable, training images
+    in sub-folders (train/train_0/ and train_f/ beside it), a machine-label file."""
+    header = "ImageID,Source,LabelName,Confidence\n"
+    write(root / "oidv6-class-descriptions.csv",
+          "LabelName,DisplayName\n" + "".join(f"{m},{n}\n" for m, n in OI_CLASSES.items()))  # fmt: skip
+    write(root / "oidv6-classes-trainable.txt", "\n".join(OI_TRAINABLE) + "\n")
+    write(root / "oidv6-train-annotations-human-imagelabels.csv", header + (
+        "0000aa,verification,/m/01,1\n"
+        "0000aa,verification,/m/02,0\n"
+        "0000aa,crowdsource-verification,/m/09,1\n"  # not trainable: dropped, counted
+        "0000bb,verification,/m/03,0\n"  # only a negative: kept
+        "0000cc,verification,/m/09,1\n"  # nothing trainable: the image is dropped
+        "0000dd,verification,/m/05,1\n"
+        "0000dd,verification,/m/04,1\n"))  # fmt: skip
+    write(root / "train-annotations-machine-imagelabels.csv", header + (
+        "0000bb,machine,/m/02,0.9\n"  # becomes a positive with --machine-labels 0.5
+        "0000bb,machine,/m/03,0.8\n"  # a human refuted it: stays negative
+        "0000aa,machine,/m/04,0.3\n"))  # below 0.5
+    write(root / "validation-annotations-human-imagelabels.csv", header + "0000ee,verification,/m/02,1\n")
+    write(root / "test-annotations-human-imagelabels.csv", header + "0000ff,verification,/m/03,1\n")
+    for name, folder in [("0000aa", "train/train_0"), ("0000bb", "train/train_0"), ("0000cc", "train_f"),
+                         ("0000dd", "train_f"), ("0000ee", "validation"), ("0000ff", "test")]:  # fmt: skip
+        write(root / folder / f"{name}.jpg", image_bytes(rng))
+    return {"classes": ["Dog", "Cat", "Bow (/m/04)", "Bow (/m/05)", "Tree"]}
+
+
 def digits_shards(out: Path, train: int, val: int, size: int) -> Path:
     """`digits` shards made by tools/make_shards.py, as a user would make them."""
     subprocess.run(

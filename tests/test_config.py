@@ -70,7 +70,7 @@ def test_every_command_answers_help_without_importing_torch(command):
     assert done.stdout.strip().splitlines()[-1] == "no torch", done.stdout[-500:]
 
 
-@pytest.mark.parametrize("name", ["digits", "voc2007", "mscoco", "nuswide", "vg500"])
+@pytest.mark.parametrize("name", ["digits", "voc2007", "mscoco", "nuswide", "vg500", "openimages"])
 def test_every_recipe_loads_by_bare_name(name):
     cfg = load_config(f"{name}.yaml")
     assert cfg.data.dataset == name
@@ -90,6 +90,8 @@ def test_field_settings_of_the_recipes():
     )
     assert coco.ema.decay == 0.9997 and coco.optim.schedule == "onecycle"
     assert load_config("voc2007").optim.pct_start != coco.optim.pct_start
+    oi = load_config("openimages")  # unverified labels: negatives in the loss, left out of the metrics
+    assert oi.loss.use_ignore is False and oi.data.val_split == "validation"
 
 
 def test_precedence_defaults_then_yaml_then_command_line(tmp_path):

@@ -3,7 +3,17 @@
 import pytest
 import rawdata
 
-from fastmlic.datasets import AnnotationError, digits, get_reader, mscoco, nuswide, vg500, voc2007, voc2012
+from fastmlic.datasets import (
+    AnnotationError,
+    digits,
+    get_reader,
+    mscoco,
+    nuswide,
+    openimages,
+    vg500,
+    voc2007,
+    voc2012,
+)
 
 
 def by_key(listing):
@@ -122,6 +132,54 @@ def test_vg500_image_without_labels_is_an_error(tmp_path, rng):
         vg500.list_split(tmp_path, "test")
 
 
+def test_openimages_positives_negatives_unknowns_and_dropped_classes(tmp_path, rng):
+    meta = rawdata.make_openimages(tmp_path, rng)
+    train = openimages.list_split(tmp_path, "train")
+    assert train.classes == meta["classes"]  # the trainable list's order; a shared name gets its MID
+    assert train.has_ignore
+    keys = by_key(train)
+    assert set(keys) == {"0000aa", "0000bb", "0000dd"}
+    assert train.dropped == {"labels of non-trainable classes": 2, "no trainable verified label": 1}
+    aa, bb, dd = keys["0000aa"], keys["0000bb"], keys["0000dd"]
+    assert (tuple(aa.positives), tuple(aa.negatives)) == ((1,), (0,))  # Cat positive, Dog verified negative
+    assert (tuple(bb.positives), tuple(bb.negatives)) == ((), (4,))  # an image with only a negative stays
+    assert tuple(dd.positives) == (2, 3)
+    assert aa.image == tmp_path / "train" / "train_0" / "0000aa.jpg"  # sub-folders are searched
+    assert dd.image == tmp_path / "train_f" / "0000dd.jpg"
+    # unknown = neither verified positive nor verified negative: what .ign marks
+    assert aa.ignore_row(5).tolist() == [0, 0, 1, 1, 1]
+    assert bb.ignore_row(5).tolist() == [1, 1, 1, 1, 0]
+    assert tuple(by_key(openimages.list_split(tmp_path, "test"))["0000ff"].positives) == (4,)
+
+
+def test_openimages_machine_labels_only_when_asked_and_never_over_a_human_label(tmp_path, rng):
+    rawdata.make_openimages(tmp_path, rng)
+    with_machine = by_key(openimages.list_split(tmp_path, "train", machine_labels=0.5))
+    assert (tuple(with_machine["0000bb"].positives), tuple(with_machine["0000bb"].negatives)) == ((0,), (4,))
+    assert tuple(with_machine["0000aa"].positives) == (1,)  # 0.3 < 0.5
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("Confidence", "Score"), "no column Confidence in its header"),
+    (lambda t: t + "0000zz,verification,/m/77,1\n", r":9: unknown class id '/m/77'"),
+    (lambda t: t + "0000zz,verification,/m/01,0.5\n", r":9: human-verified Confidence '0.5'"),
+    (lambda t: t + "0000zz,verification\n", r":9: 2 fields, the header has 4"),
+])  # fmt: skip
+def test_openimages_bad_label_file_is_named_with_its_line(tmp_path, rng, edit, message):
+    rawdata.make_openimages(tmp_path, rng)
+    labels = tmp_path / "oidv6-train-annotations-human-imagelabels.csv"
+    labels.write_text(edit(labels.read_text()))
+    with pytest.raises(AnnotationError, match=f"oidv6-train-annotations-human-imagelabels.csv.*{message}"):
+        openimages.list_split(tmp_path, "train")
+
+
+def test_openimages_trainable_class_without_description_is_named(tmp_path, rng):
+    rawdata.make_openimages(tmp_path, rng)
+    (tmp_path / "oidv6-classes-trainable.txt").write_text("/m/01\n/m/42\n")
+    with pytest.raises(AnnotationError, match="oidv6-classes-trainable.txt:2: class /m/42 is not in"):
+        openimages.list_split(tmp_path, "validation")
+
+
 def test_digits_is_deterministic_multilabel_and_uses_disjoint_sources():
     a = digits.list_split(None, "train", seed=3, size=48, num_samples=200)
     b = digits.list_split(None, "train", seed=3, size=48, num_samples=200)
@@ -149,7 +207,8 @@ def test_digits_partner_pairs_cooccur_more_than_others():
 
 
 def test_registry_rejects_unknown_dataset():
-    with pytest.raises(ValueError, match=r"--data='imagenet' is not a known dataset; known: digits, mscoco"):
-        get_reader("imagenet")
+    known = r"--data='cifar10' is not a known dataset; known: digits, mscoco, nuswide, openimages"
+    with pytest.raises(ValueError, match=known):
+        get_reader("cifar10")
     with pytest.raises(ValueError, match=r"did you mean 'voc2007'"):
         get_reader("voc2070")

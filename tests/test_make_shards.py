@@ -29,6 +29,7 @@ MAKERS = {
     "mscoco": rawdata.make_coco,
     "nuswide": rawdata.make_nuswide,
     "vg500": rawdata.make_vg500,
+    "openimages": rawdata.make_openimages,
 }
 
 
@@ -79,7 +80,7 @@ def test_round_trip_through_webdataset(tmp_path, rng, dataset):
             assert lbl.tobytes() == encode_multi_hot(expected[key].positives, C)
             assert (ign is not None) == listing.has_ignore
             if ign is not None:
-                assert ign.tobytes() == encode_multi_hot(expected[key].ignored, C)
+                assert ign.tobytes() == expected[key].ignore_row(C).tobytes()
             im = Image.open(io.BytesIO(jpg))
             assert im.format == "JPEG" and im.mode in ("RGB", "L")
             positives += lbl
@@ -153,6 +154,36 @@ def test_missing_images_listed_and_skip_missing(tmp_path, rng, capsys):
     assert make_shards.main(args + ["--skip-missing"]) == 0
     info = SplitInfo.load(tmp_path / "s" / "vg500" / "train.json")
     assert info.num_samples == 2 and info.dropped == {"missing image": 1}
+
+
+def test_openimages_shards_record_negatives_and_the_summary_counts_what_was_dropped(tmp_path, rng, capsys):
+    raw = tmp_path / "raw"
+    rawdata.make_openimages(raw, rng)
+    (raw / "train_f" / "0000dd.jpg").unlink()
+    args = ["--data", "openimages", "--root", str(raw), "--out", str(tmp_path / "s"), "--splits", "train"]
+    assert make_shards.main(args) == 2  # a listed image that is not there is named, with the way out
+    err = capsys.readouterr().err
+    assert "1 images are missing" in err and "0000dd.jpg" in err and "--skip-missing" in err
+    assert make_shards.main(args + ["--skip-missing"]) == 0
+    out = capsys.readouterr().out
+    assert "2 labels of non-trainable classes" in out and "1 no trainable verified label" in out
+    info, samples = read_back(tmp_path / "s" / "openimages", "train")
+    assert info.dropped == {"labels of non-trainable classes": 2, "no trainable verified label": 1,
+                            "missing image": 1}  # fmt: skip
+    _, lbl, ign = samples["0000aa"]
+    assert lbl.tolist() == [0, 1, 0, 0, 0] and ign.tolist() == [0, 0, 1, 1, 1]  # Dog: a verified negative
+    assert info.ignored == [1, 1, 2, 2, 1]  # per class: images where it is unknown
+
+
+def test_no_cooccurrence_matrix_above_the_class_limit(tmp_path, rng, monkeypatch):
+    from fastmlic.shards import build
+
+    monkeypatch.setattr(build, "COOCCURRENCE_MAX_CLASSES", 3)
+    listing = SplitListing(["a", "b", "c", "d"], [Sample("k0", rawdata.image_bytes(rng), (0, 2))])
+    report = build_split(listing, tmp_path, "train", dataset="x", options=WriteOptions(shard_size=4))
+    info = SplitInfo.load(report.json_path)
+    assert info.cooccurrence == [] and info.positives == [1, 0, 1, 0]
+    assert info.subset(["c", "a"], "here")[0].cooccurrence == []
 
 
 def test_index_files_match_dalis_own_indexer(tmp_path, rng):

@@ -5,19 +5,27 @@
     python tools/make_shards.py --data voc2007 --root ~/data/VOCdevkit --workers 8
     python tools/make_shards.py --data voc2012 --root ~/data/VOCdevkit --train-aug-list train_aug.txt
     python tools/make_shards.py --data mscoco --root ~/data/coco --max-side 640
+    python tools/make_shards.py --data openimages --root ~/data/oi --out s3://bucket/shards --workers 16
     python tools/make_shards.py --verify shards/mscoco [--repair]   # check shards made by any tool
 
-Writes shards/NAME/SPLIT-000000.tar (+ .idx) and shards/NAME/SPLIT.json. Annotation problems stop
-the run before any image is read; missing images stop it unless --skip-missing; corrupt images are
-skipped, counted and listed in SPLIT.skipped.tsv. Re-running resumes: complete shards are kept.
+Writes shards/NAME/SPLIT-000000.tar (+ .idx) and shards/NAME/SPLIT.json; with --out s3://BUCKET/PREFIX
+they are built in a local staging folder and uploaded (shards, then indexes, then SPLIT.json, so a
+reader never sees a split that is not all there; AWS credentials from the environment).
+
+Annotation problems stop the run before any image is read; missing images stop it unless --skip-missing;
+corrupt images are skipped, counted and listed in SPLIT.skipped.tsv. Re-running resumes: complete shards
+are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,8 +33,9 @@ from tqdm import tqdm
 
 from fastmlic import __version__
 from fastmlic.datasets import DATASETS, SplitListing, get_reader
-from fastmlic.errors import MissingInput, UserError, refused_location
+from fastmlic.errors import InputError, MissingInput, UserError, refused_location
 from fastmlic.shards.build import ImageOptions, SplitReport, WriteOptions, build_split
+from fastmlic.shards.storage import is_url, join, open_store
 from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
 
@@ -41,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repair", action="store_true", help="with --verify: rewrite shards without bad samples")
     p.add_argument("--root", type=Path, help="raw dataset folder (not needed for digits)")
-    p.add_argument("--out", type=Path, default=Path("shards"), help="output folder; shards go to OUT/DATA/")
+    p.add_argument("--out", default="shards",
+                   help="output folder or s3://BUCKET/PREFIX; shards go to OUT/DATA/")  # fmt: skip
+    p.add_argument("--stage", type=Path, metavar="DIR",
+                   help="with --out s3://: build here before uploading, and keep it (a rerun resumes); "
+                        "default: a temporary folder, removed after the upload")  # fmt: skip
     p.add_argument("--splits", nargs="+", help="only these splits (default: all of the dataset's splits)")
     p.add_argument("--workers", type=int, default=1, help="processes that read, check and re-encode images")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
@@ -70,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--train-aug-list", type=Path, metavar="FILE",
                    help="voc2012: ids of the train_aug split (default: looked for in ImageSets/Segmentation, "
                         "then ImageSets/Main)")  # fmt: skip
+    g = p.add_argument_group("openimages")
+    g.add_argument("--machine-labels", type=float, metavar="CONF",
+                   help="also count machine-generated labels with Confidence >= CONF as positives where no "
+                        "human verified the class (default: human-verified labels only)")  # fmt: skip
     args = p.parse_args(argv)
     if args.verify is not None:
         if args.data is not None:
@@ -79,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if args.data is None:
         p.error("--data is required (or --verify DIR)")
+    if is_url(args.out) and not args.out.startswith("s3://"):
+        p.error(f"--out {args.out}: shards are written to a folder or to s3://BUCKET/PREFIX, not over http")
+    if args.stage is not None and not is_url(args.out):
+        p.error("--stage goes with --out s3://...")
     if args.repair:
         p.error("--repair goes with --verify")
     reader = get_reader(args.data)
@@ -151,7 +172,7 @@ def shared_images(listings: dict[str, SplitListing]) -> list[str]:
             for b in names[i + 1 :] if keys[a] & keys[b]]  # fmt: skip
 
 
-def summary(reports: list[SplitReport], out_dir: Path, seconds: float, shared: list[str] = ()) -> str:
+def summary(reports: list[SplitReport], out_dir: Path | str, seconds: float, shared: list[str] = ()) -> str:
     lines = [
         f"{'split':<10}{'samples':>9}{'shards':>8}{'reused':>8}{'MB':>9}{'classes':>9}  dropped / re-encoded"
     ]
@@ -180,7 +201,7 @@ def summary(reports: list[SplitReport], out_dir: Path, seconds: float, shared: l
     lines += list(shared)
     for r in reports:
         if r.bad:
-            report = out_dir / f"{r.split}.skipped.tsv"
+            report = join(out_dir, f"{r.split}.skipped.tsv")
             lines.append(f"{len(r.bad)} corrupt images skipped in '{r.split}': see {report}")
         if r.stray:
             shown = ", ".join(r.stray[:4]) + (f" and {len(r.stray) - 4} more" if len(r.stray) > 4 else "")
@@ -248,7 +269,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     reader = get_reader(args.data)
-    out_dir = args.out / args.data
+    remote = join(args.out, args.data) if is_url(args.out) else None
+    stage = args.stage or (Path(tempfile.mkdtemp(prefix="fastmlic-stage-")) if remote else None)
+    out_dir = (stage if remote else Path(args.out)) / args.data
     command = shlex.join(["python", "tools/make_shards.py", *(argv if argv is not None else sys.argv[1:])])
     source = {"root": str(args.root or ""), "command": command, "fastmlic": __version__}
     reports = []
@@ -268,8 +291,41 @@ def _main(argv: list[str] | None) -> int:
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-    print(summary(reports, out_dir, time.perf_counter() - started, shared_images(listings)))
+    if remote:
+        try:
+            upload(reports, out_dir, open_store(remote), args.overwrite)
+        except UserError as e:  # what was uploaded stays unlisted; the staged shards let a rerun go on
+            kept = f"\nthe built shards stay in {out_dir}" if args.stage else ""
+            print(f"error: {e}{kept}", file=sys.stderr)
+            return 2
+        if args.stage is None:
+            shutil.rmtree(stage, ignore_errors=True)
+    print(summary(reports, remote or out_dir, time.perf_counter() - started, shared_images(listings)))
     return 0
+
+
+def upload(reports: list[SplitReport], out_dir: Path, store, overwrite: bool) -> None:
+    """Each split's files into `store` in the order that keeps readers safe: an old SPLIT.json goes first
+    (its shards are about to be replaced), then the tars, their indexes, and the new SPLIT.json last."""
+    names = [n for r in reports for e in r.info.shards for n in (e.tar, e.index)]
+    total = sum((out_dir / n).stat().st_size for n in names)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {store.root}", disable=None) as bar:
+        for r in reports:
+            json_name = r.json_path.name
+            if store.sizes([json_name])[json_name] is not None:
+                old = json.loads(store.read(json_name))
+                if old.get("plan") != r.info.plan and not overwrite:
+                    raise InputError(f"{store.url(json_name)} describes shards made with other settings; "
+                                     f"pass --overwrite to replace them")  # fmt: skip
+                store.delete(json_name)
+            for entry in r.info.shards:
+                for name in (entry.tar, entry.index):
+                    store.upload(out_dir / name, name)
+                    bar.update((out_dir / name).stat().st_size)
+            store.upload(r.json_path, json_name)
+            skipped = out_dir / f"{r.split}.skipped.tsv"  # the images left out, for the record
+            if skipped.is_file():
+                store.upload(skipped, skipped.name)
 
 
 if __name__ == "__main__":

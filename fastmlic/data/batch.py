@@ -86,7 +86,7 @@ class LoaderSpec:
     either backend."""
 
     info: SplitInfo  # what the shards hold
-    root: Path  # the folder of the split's shards
+    root: Path | str  # the folder of the split's shards, or their s3:// or http(s):// URL prefix
     cfg: DataConfig
     train: bool
     rank: int = 0

@@ -32,6 +32,7 @@ import torch
 
 from ..config import DataConfig
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, ShardEntry, SplitInfo
+from ..shards.storage import is_url, join
 from ..shards.verify import changed_shards, check_shard
 from .batch import DataError, LoaderBase, LoaderSpec, nhwc_to_channels_last
 
@@ -224,6 +225,15 @@ class DaliLoader(LoaderBase):
         Others (never checked, only structure-checked, or changed since) are decoded here first when
         they are small enough, else refused with the command that checks them."""
         info = self.shard_info
+        if is_url(self.root):  # nothing to stat or re-read there: the record travels with the upload
+            if info.image_check != "decode":
+                raise DataError(
+                    f"{join(self.root, info.split + '.json')}: the images of split {info.split!r} are not "
+                    f"known to decode, and DALI's decoder can crash the process on a corrupt JPEG. Check a "
+                    f"local copy (python tools/make_shards.py --verify DIR) and upload it again, or use "
+                    f"--data.backend=torch, which skips unreadable samples"
+                )
+            return
         unchecked = changed_shards(info, self.root)
         if not unchecked:
             return
@@ -280,7 +290,7 @@ class DaliLoader(LoaderBase):
         shards = self.shard_info
         where = f"in {op.group(1)} " if op else ""
         lines = [f"DALI stopped {where}reading split {shards.split!r} ({self.root}): {reason}"]
-        if sum(s.bytes for s in shards.shards) <= SCAN_LIMIT_BYTES:
+        if sum(s.bytes for s in shards.shards) <= SCAN_LIMIT_BYTES and not is_url(self.root):
             lines += self._bad_members()
         lines.append(
             f"DALI cannot skip an unreadable sample; list and remove them with: python tools/make_shards.py "

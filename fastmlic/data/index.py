@@ -1,7 +1,8 @@
 """Random access to a split's samples through the DALI index files (`.idx`) that make_shards writes.
 
-The index gives each member's byte offset and size in its tar, so one `pread` fetches a member
-without scanning the archive, and both backends agree on the sample order that DDP partitions.
+The index gives each member's byte offset and size in its tar, so one `pread` (one ranged GET on object
+storage) fetches a sample's members without scanning the archive, and both backends agree on the sample
+order that DDP partitions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo, read_index
+from ..shards.storage import is_url, open_store
 
 
 class BadSample(InputError):
@@ -28,13 +30,15 @@ class SampleRef:
 class ShardIndex:
     """Every sample of a split in shard order: `refs[i]` says where sample i's members are."""
 
-    def __init__(self, info: SplitInfo, root: Path):
+    def __init__(self, info: SplitInfo, root: Path | str):
         self.info = info
         self.tars = [str(p) for p in info.shard_paths(root)]
+        self.store = open_store(root) if is_url(root) else None
         self.refs: list[SampleRef] = []
         required = (IMAGE_EXT, LABEL_EXT) + ((IGNORE_EXT,) if info.has_ignore else ())
         for shard, (entry, idx) in enumerate(zip(info.shards, info.index_paths(root), strict=True)):
-            for key, members in read_index(idx, entry.num_samples):
+            text = self.store.read(entry.index).decode() if self.store else None
+            for key, members in read_index(idx, entry.num_samples, text):
                 missing = [e for e in required if e not in members]
                 if missing:
                     raise InputError(f"{idx}: sample {key} has no .{missing[0]} member")
@@ -45,15 +49,30 @@ class ShardIndex:
         return len(self.refs)
 
     def read(self, i: int, ext: str) -> bytes:
+        return self.read_members(i, (ext,))[ext]
+
+    def read_members(self, i: int, exts: tuple[str, ...]) -> dict[str, bytes]:
+        """Sample i's members `exts`, fetched in one read of the span that holds them all (a tar keeps a
+        sample's members together: the span adds only their 512-byte headers)."""
         ref = self.refs[i]
-        fd = self._fds.get(ref.shard)
-        if fd is None:  # opened lazily: each DataLoader worker gets its own descriptors
-            fd = self._fds[ref.shard] = os.open(self.tars[ref.shard], os.O_RDONLY)
-        offset, size = ref.members[ext]
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
-            raise BadSample(f"{ref.key}.{ext} is cut short: {len(data)} of {size} bytes (a truncated tar)")
-        return data
+        start = min(ref.members[e][0] for e in exts)
+        end = max(ref.members[e][0] + ref.members[e][1] for e in exts)
+        if self.store is not None:
+            span = self.store.read_range(self.info.shards[ref.shard].tar, start, end - start)
+        else:
+            fd = self._fds.get(ref.shard)
+            if fd is None:  # opened lazily: each DataLoader worker gets its own descriptors
+                fd = self._fds[ref.shard] = os.open(self.tars[ref.shard], os.O_RDONLY)
+            span = os.pread(fd, end - start, start)
+        out = {}
+        for ext in exts:
+            offset, size = ref.members[ext]
+            data = span[offset - start : offset - start + size]
+            if len(data) != size:
+                raise BadSample(f"{ref.key}.{ext} is cut short: {len(data)} of {size} bytes "
+                                f"(a truncated tar)")  # fmt: skip
+            out[ext] = data
+        return out
 
     def __getstate__(self):  # descriptors do not cross process boundaries
         state = dict(self.__dict__)

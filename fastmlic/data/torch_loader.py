@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import DataConfig
 from ..preemption import ignore_interrupts
 from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, SplitInfo
+from ..shards.storage import is_url
 from ..shards.verify import changed_shards, index_problem
 from .batch import DataError, LoaderBase, LoaderSpec, normalize_uint8
 from .index import BadSample, ShardIndex
@@ -156,9 +157,8 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _decode(self, i: int) -> torch.Tensor:
+    def _decode(self, i: int, data: bytes) -> torch.Tensor:
         """uint8 CHW RGB (grayscale and CMYK converted)."""
-        data = self.index.read(i, IMAGE_EXT)
         member = f"{self.index.refs[i].key}.{IMAGE_EXT}"
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -171,8 +171,8 @@ class ShardDataset(Dataset):
             raise BadSample(f"{member} cannot be decoded: {str(e) or type(e).__name__}") from None
         return torch.from_numpy(rgb).permute(2, 0, 1)
 
-    def _labels(self, i: int, ext: str) -> np.ndarray:
-        row = np.frombuffer(self.index.read(i, ext), dtype=np.uint8)
+    def _labels(self, i: int, ext: str, data: bytes) -> np.ndarray:
+        row = np.frombuffer(data, dtype=np.uint8)
         member = f"{self.index.refs[i].key}.{ext}"
         if row.size != self.num_classes:
             raise BadSample(f"{member} has {row.size} bytes; the split has {self.num_classes} classes")
@@ -181,9 +181,12 @@ class ShardDataset(Dataset):
         return row
 
     def _read(self, i: int) -> tuple:
-        image = self._decode(i)
-        labels = self._labels(i, LABEL_EXT)
-        ignore = self._labels(i, IGNORE_EXT) if self.index.info.has_ignore else None
+        has_ignore = self.index.info.has_ignore
+        members = self.index.read_members(i, (IMAGE_EXT, LABEL_EXT, IGNORE_EXT) if has_ignore else
+                                          (IMAGE_EXT, LABEL_EXT))  # fmt: skip
+        image = self._decode(i, members[IMAGE_EXT])
+        labels = self._labels(i, LABEL_EXT, members[LABEL_EXT])
+        ignore = self._labels(i, IGNORE_EXT, members[IGNORE_EXT]) if has_ignore else None
         return image, labels, ignore
 
     def __getitem__(self, item: tuple[int, int]):
@@ -216,6 +219,8 @@ def _require_current_indexes(info: SplitInfo, root: Path) -> None:
     """Samples are read where the index says; a tar rewritten after its index would give other bytes
     (labels of another length among them). Only shards not known unchanged since their check are read
     for this, and only their headers: less than the CRC a touched tar would otherwise be read for."""
+    if is_url(root):  # SplitInfo.load compared every remote tar's size with the one written
+        return
     changed = changed_shards(info, root, by_content=False)
     stale = [f"  {e.tar}: {why}" for e in changed if (why := index_problem(root / e.tar))]
     if stale:

@@ -26,7 +26,7 @@ class AnnotationError(InputError):
 
 # reader modules, registered by name; each has SPLITS, NEEDS_ROOT and list_split(root, split, **options)
 DATASETS: Registry[str] = Registry("dataset", "--data")
-for _name in ("voc2007", "voc2012", "mscoco", "nuswide", "vg500", "digits"):
+for _name in ("voc2007", "voc2012", "mscoco", "nuswide", "vg500", "openimages", "digits"):
     DATASETS.register(_name)(f"fastmlic.datasets.{_name}")  # a module path: imported when first used
 
 

@@ -193,6 +193,10 @@ def write_partitions(cfg: Config, files: dict[str, Path]) -> None:
             groups = [sorted(column[c] for c in part) for part in parts]
             how = {"from": source}
         else:
+            if not info.cooccurrence:
+                raise InputError(f"{split_json(cfg.data, cfg.data.train_split)} records no co-occurrence "
+                                 f"(it is not kept above 2048 classes; this split has {len(info.classes)}): "
+                                 f"give the parts as files, recipe.cgp_partition and recipe.dgp_partition")
             groups = partition_classes(np.array(info.cooccurrence), np.array(info.positives), r.parts, mode,
                                        r.partition_seed)  # fmt: skip
             how = {"seed": r.partition_seed}

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..models import HEADS, Features, build_model
+from ..shards.storage import is_url
 from .base import RECIPES, Recipe, RecipeModule, Term
 from .sgre_embeddings import BACKENDS, command_for, embeddings_path, read_label_embeddings
 
@@ -174,6 +175,10 @@ class SGRE(Recipe):
         """The embeddings file `recipe.embeddings` names, and the command that writes it."""
         d, name = self.cfg.data, self.cfg.recipe.embeddings
         if name in BACKENDS:
+            if is_url(d.shards):  # tools/label_embeddings.py writes beside local shards only
+                raise ConfigError(f"recipe.embeddings={name} is read beside the shards, and data.shards="
+                                  f"{d.shards} is a URL: write the embeddings from a local copy of the split "
+                                  f"description (tools/label_embeddings.py), then recipe.embeddings=PATH.npy")
             return embeddings_path(Path(d.shards) / d.dataset, name), command_for(d.dataset, d.shards, name)
         if name.endswith(".npy") or os.sep in name:
             return Path(name), "python tools/label_embeddings.py --help"

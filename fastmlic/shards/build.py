@@ -87,7 +87,8 @@ def _plan(listing: SplitListing, shard_size: int, options: ImageOptions, order: 
     digest = hashlib.sha256()
     for i in order:
         s = listing.samples[i]
-        digest.update(f"{s.key}:{s.positives}:{s.ignored};".encode())
+        negatives = "" if s.negatives is None else f":{list(s.negatives)}"
+        digest.update(f"{s.key}:{tuple(s.positives)}:{tuple(s.ignored)}{negatives};".encode())
     return {
         "samples": len(order),
         "shard_size": shard_size,
@@ -143,19 +144,26 @@ def stray_shards(out_dir: Path, info: SplitInfo) -> list[str]:
     return sorted(p.name for p in out_dir.glob(f"{info.split}-*.*") if p.name not in listed)
 
 
+# Above this many classes SPLIT.json records no co-occurrence matrix: Open Images' 9,605 classes would
+# make it 92 M counts (740 MB in memory, hundreds of MB of JSON); VG500's 500 give 250 k
+COOCCURRENCE_MAX_CLASSES = 2048
+
+
 class LabelStats:
     """Label statistics accumulated over every written sample."""
 
     def __init__(self, num_classes: int):
         self.positives = np.zeros(num_classes, np.int64)
         self.ignored = np.zeros(num_classes, np.int64)
-        self.cooccurrence = np.zeros((num_classes, num_classes), np.int64)
+        keep = num_classes <= COOCCURRENCE_MAX_CLASSES
+        self.cooccurrence = np.zeros((num_classes, num_classes) if keep else (0, 0), np.int64)
         self.cardinality: Counter[int] = Counter()
 
     def add(self, label_row: np.ndarray, ignore_row: np.ndarray | None) -> None:
         ids = np.flatnonzero(label_row)
         self.positives[ids] += 1
-        self.cooccurrence[np.ix_(ids, ids)] += 1
+        if self.cooccurrence.size:
+            self.cooccurrence[np.ix_(ids, ids)] += 1
         self.cardinality[len(ids)] += 1
         if ignore_row is not None:
             self.ignored += ignore_row
@@ -249,8 +257,8 @@ class _SplitWriter:
             members = [(IMAGE_EXT, jpeg if jpeg is not None else s.read()), (LABEL_EXT, label)]
             ignore_row = None
             if listing.has_ignore:
-                members.append((IGNORE_EXT, encode_multi_hot(s.ignored, num_classes)))
-                ignore_row = np.frombuffer(members[-1][1], np.uint8)
+                ignore_row = s.ignore_row(num_classes)
+                members.append((IGNORE_EXT, ignore_row.tobytes()))
             self.stats.add(np.frombuffer(label, np.uint8), ignore_row)
             written.append(ShardSample(s.key, tuple(members)))
         size = write_shard(self.out_dir / f"{name}.tar", written)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, MissingInput
+from .storage import is_url, join, split_location
 
 FORMAT = "fastmlic-shards/1"
 IMAGE_EXT, LABEL_EXT, IGNORE_EXT = "jpg", "lbl", "ign"
@@ -54,9 +55,11 @@ def decode_multi_hot(data: bytes, num_classes: int, where: str = "") -> np.ndarr
     return row
 
 
-def read_index(idx_path: Path, expected: int | None = None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {ext: (offset, size)})] from a DALI v1.2 index; errors name the file and line."""
-    lines = Path(idx_path).read_text().splitlines()
+def read_index(idx_path: Path | str, expected: int | None = None, text: str | None = None
+               ) -> list[tuple[str, dict[str, tuple[int, int]]]]:  # fmt: skip
+    """[(key, {ext: (offset, size)})] from a DALI v1.2 index (its `text` when read elsewhere, as from object
+    storage); errors name the file and line."""
+    lines = (Path(idx_path).read_text() if text is None else text).splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != "v1.2":
         raise InputError(f"{idx_path}: not a DALI v1.2 webdataset index (first line {lines[:1]})")
@@ -132,7 +135,9 @@ class SplitInfo:
     has_ignore: bool
     positives: list[int]  # images in which each class is positive
     ignored: list[int]  # images in which each class is marked ignore
-    cooccurrence: list[list[int]]  # C x C: images in which both classes are positive (diagonal = positives)
+    # C x C: images in which both classes are positive (diagonal = positives); [] above
+    # shards/build.COOCCURRENCE_MAX_CLASSES classes (Open Images), where it would not fit
+    cooccurrence: list[list[int]]
     labels_per_image: dict[str, float]
     dropped: dict[str, int] = field(default_factory=dict)  # samples left out, by reason
     reencoded: dict[str, int] = field(default_factory=dict)  # images re-encoded, by reason
@@ -147,11 +152,12 @@ class SplitInfo:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def shard_paths(self, root: Path) -> list[Path]:
-        return [Path(root) / s.tar for s in self.shards]
+    def shard_paths(self, root: Path | str) -> list[Path | str]:
+        """Each tar's location: a Path in a folder, a URL under an s3:// or http(s):// root."""
+        return [join(root, s.tar) for s in self.shards]
 
-    def index_paths(self, root: Path) -> list[Path]:
-        return [Path(root) / s.index for s in self.shards]
+    def index_paths(self, root: Path | str) -> list[Path | str]:
+        return [join(root, s.index) for s in self.shards]
 
     def subset(self, classes: list[str], where: str) -> tuple[SplitInfo, list[int]]:
         """This split restricted to `classes` (names, in the order given): the restricted description
@@ -173,7 +179,7 @@ class SplitInfo:
             classes=list(classes),
             positives=[self.positives[c] for c in cols],
             ignored=[self.ignored[c] for c in cols],
-            cooccurrence=[[self.cooccurrence[r][c] for c in cols] for r in cols],
+            cooccurrence=[[self.cooccurrence[r][c] for c in cols] for r in cols] if self.cooccurrence else [],
             # per-image counts of a subset need every label again; the mean follows from the positives
             labels_per_image={"mean": round(mean_labels, 4)},
             source={**self.source, "class_subset": f"{len(cols)} of {len(self.classes)} classes"},
@@ -189,6 +195,8 @@ class SplitInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> SplitInfo:
+        if is_url(path):
+            return cls._load_remote(str(path))
         path = Path(path)
         if not path.is_file():
             if path.parent.is_dir():  # a mistyped split name: say which there are
@@ -199,14 +207,48 @@ class SplitInfo:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not valid JSON: {e}") from None
-        if raw.get("format") != FORMAT:
-            raise InputError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
-        raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]
-        info = cls(**raw)
+        info = cls._from_raw(raw, path)
         for entry in info.shards:
             for name in (entry.tar, entry.index):
                 if not (path.parent / name).is_file():
                     raise MissingInput(f"{path.parent / name}: listed in {path} but missing")
+        return info
+
+    @classmethod
+    def _from_raw(cls, raw: dict, where: str | Path) -> SplitInfo:
+        if raw.get("format") != FORMAT:
+            raise InputError(f"{where}: format {raw.get('format')!r}, expected {FORMAT!r}")
+        raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]
+        return cls(**raw)
+
+    @classmethod
+    def _load_remote(cls, url: str) -> SplitInfo:
+        """From object storage: SPLIT.json, then one look at every object it lists. A tar of another size
+        than the one written is a partial upload or another build's, and is refused here rather than read."""
+        from .storage import ObjectMissing, open_store
+
+        root, name = split_location(url)
+        store = open_store(root)
+        try:
+            text = store.read(name)
+        except ObjectMissing as e:
+            raise MissingInput(f"{e}: no split description there (is data.shards the location holding "
+                               f"<dataset>/<split>.json, uploaded by tools/make_shards.py --out?)") from None
+        try:
+            info = cls._from_raw(json.loads(text), url)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{url}: not valid JSON: {e}") from None
+        wanted = [n for e in info.shards for n in (e.tar, e.index)]
+        sizes = store.sizes(wanted)
+        missing = [store.url(n) for n in wanted if sizes[n] is None]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise MissingInput(f"{', '.join(missing[:3])}{more}: listed in {url} but not there (HTTP 404); "
+                               f"upload the split again (tools/make_shards.py --out URL)")
+        for entry in info.shards:
+            if sizes[entry.tar] != entry.bytes:
+                raise InputError(f"{store.url(entry.tar)}: {sizes[entry.tar]} bytes, {url} says "
+                                 f"{entry.bytes}: another build's shard; upload the split again")
         return info
 
 
