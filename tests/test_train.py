@@ -415,3 +415,27 @@ def test_a_run_may_report_its_final_epoch_instead_of_its_best(shards, tmp_path):
     assert len(list((tmp_path / "final" / "checkpoints").glob("step-*.pt"))) == 1
     with pytest.raises(ConfigError, match="train.result=final reports the last epoch: train.patience"):
         load_config("digits", ["--train.result=final", "--train.patience=3"])
+
+
+def test_open_images_trains_its_unknown_labels_as_negatives_or_leaves_them_out(tmp_path, rng):
+    raw = tmp_path / "raw"
+    rawdata.make_openimages(raw, rng)
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), "--data", "openimages",
+                           "--root", str(raw), "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # 3 training images in batches of 2: the torch backend fills the last batch, as DALI does (a batch of
+    # one image stopped the run in BatchNorm)
+    common = ["--cfg", "openimages", f"--data.shards={tmp_path / 's'}", f"--train.out_dir={tmp_path}",
+              "--data.val_split=validation", *TINY, "--data.batch_size=2", "--train.epochs=1",
+              "--train.log_every=1", "--model.pretrained=false"]  # fmt: skip
+    losses = {}
+    for use_ignore in ("false", "true"):
+        train.main([*common, f"--train.name={use_ignore}", f"--loss.use_ignore={use_ignore}"])
+        lines = (tmp_path / use_ignore / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        losses[use_ignore] = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses["false"]) == len(losses["true"]) == 2  # two full batches
+    # the same first batch and weights: the unknown cells (most of them) add negative terms only when not
+    # left out
+    assert losses["false"][0] > losses["true"][0]

@@ -53,18 +53,20 @@ class EvalSampler(Sampler):
 
 class TrainSampler(Sampler):
     """A permutation per epoch, the same on every rank (seeded by seed and epoch), padded by
-    wrapping to a multiple of the world size and dealt round-robin. `start` skips this rank's first
-    samples of the epoch (a resumed epoch)."""
+    wrapping so every rank gets the same number of full batches, and dealt round-robin. Full batches,
+    as DALI's reader fills its last one: a last training batch of one image would stop the run in
+    BatchNorm. `start` skips this rank's first samples of the epoch (a resumed epoch)."""
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int):
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, batch_size: int = 1):
         self.num_samples, self.rank, self.world_size, self.seed = num_samples, rank, world_size, seed
-        self.per_rank = math.ceil(num_samples / world_size)
+        self.per_rank = math.ceil(math.ceil(num_samples / world_size) / batch_size) * batch_size
         self.epoch = self.start = 0
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=g).tolist()
-        order += order[: self.per_rank * self.world_size - self.num_samples]
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / self.num_samples))[:total]  # a tiny split wraps more than once
         return ((i, self.epoch) for i in order[self.rank :: self.world_size][self.start :])
 
     def __len__(self) -> int:
@@ -275,7 +277,7 @@ class TorchLoader(LoaderBase):
         index = ShardIndex(spec.info, spec.root)
         _require_current_indexes(spec.info, spec.root)
         if spec.train:
-            self.sampler = TrainSampler(len(index), spec.rank, spec.world_size, spec.seed)
+            self.sampler = TrainSampler(len(index), spec.rank, spec.world_size, spec.seed, cfg.batch_size)
         else:
             self.sampler = EvalSampler(len(index), spec.rank, spec.world_size)
         self.loader = DataLoader(
