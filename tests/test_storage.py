@@ -18,7 +18,7 @@ from fastmlic import evaluate, train
 from fastmlic.config import load_config
 from fastmlic.data import DataError, build_loader
 from fastmlic.data.dali_loader import dali_available
-from fastmlic.errors import MissingInput
+from fastmlic.errors import InputError, MissingInput
 from fastmlic.shards.format import SplitInfo
 from fastmlic.shards.storage import HttpStore, StorageError, join, open_store
 
@@ -112,7 +112,12 @@ def test_training_over_http_gives_the_local_losses_and_dali_is_refused(local, tm
 
 
 def test_missing_objects_and_denied_requests_name_the_url_and_status(bucket, local, tmp_path):
-    boto3.client("s3").delete_object(Bucket="data", Key="sets/digits/val-000000.tar")
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="data", Key="sets/digits/train-000001.tar", Body=b"not the shard SPLIT.json lists")
+    with pytest.raises(InputError, match=r"digits/train-000001.tar: 30 bytes, .*train.json says"):
+        SplitInfo.load("s3://data/sets/digits/train.json")
+    s3.upload_file(str(local / "digits" / "train-000001.tar"), "data", "sets/digits/train-000001.tar")
+    s3.delete_object(Bucket="data", Key="sets/digits/val-000000.tar")
     with pytest.raises(MissingInput, match=r"s3://data/sets/digits/val-000000.tar: listed in .*val.json but "
                                            r"not there \(HTTP 404\)"):  # fmt: skip
         SplitInfo.load("s3://data/sets/digits/val.json")
