@@ -20,7 +20,7 @@ from fastmlic.data import DataError, build_loader
 from fastmlic.data.dali_loader import dali_available
 from fastmlic.errors import InputError, MissingInput
 from fastmlic.shards.format import SplitInfo
-from fastmlic.shards.storage import HttpStore, StorageError, join, open_store
+from fastmlic.shards.storage import HttpStore, ObjectMissing, StorageError, join, open_store
 
 spec = importlib.util.spec_from_file_location("make_shards", ROOT / "tools" / "make_shards.py")
 make_shards = importlib.util.module_from_spec(spec)
@@ -65,8 +65,8 @@ def test_make_shards_uploads_what_it_builds_locally_split_description_last(bucke
     class Recorder:
         root = "s3://x"
 
-        def sizes(self, names):
-            return dict.fromkeys(names)
+        def read(self, name):
+            raise ObjectMissing(f"{name}: HTTP 404")
 
         def upload(self, path, name):
             calls.append(name)

@@ -35,7 +35,7 @@ from fastmlic import __version__
 from fastmlic.datasets import DATASETS, SplitListing, get_reader
 from fastmlic.errors import InputError, MissingInput, UserError, refused_location
 from fastmlic.shards.build import ImageOptions, SplitReport, WriteOptions, build_split
-from fastmlic.shards.storage import is_url, join, open_store
+from fastmlic.shards.storage import ObjectMissing, is_url, join, open_store
 from fastmlic.shards.verify import record_checked, repair, report_lines, verify
 
 
@@ -312,8 +312,11 @@ def upload(reports: list[SplitReport], out_dir: Path, store, overwrite: bool) ->
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {store.root}", disable=None) as bar:
         for r in reports:
             json_name = r.json_path.name
-            if store.sizes([json_name])[json_name] is not None:
+            try:
                 old = json.loads(store.read(json_name))
+            except ObjectMissing:
+                old = None
+            if old is not None:
                 if old.get("plan") != r.info.plan and not overwrite:
                     raise InputError(f"{store.url(json_name)} describes shards made with other settings; "
                                      f"pass --overwrite to replace them")  # fmt: skip

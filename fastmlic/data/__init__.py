@@ -26,9 +26,7 @@ __all__ = ["Batch", "DataError", "LoaderSpec", "build_loader", "resolve_backend"
 def split_json(cfg: DataConfig, split: str) -> Path | str:
     """Where a split of the configured shard set is described: <shards>/<dataset>/<split>.json (a URL when
     data.shards is one)."""
-    if is_url(cfg.shards):
-        return join(cfg.shards, cfg.dataset, f"{split}.json")
-    return split_json_path(Path(cfg.shards) / cfg.dataset, split)
+    return split_json_path(join(cfg.shards, cfg.dataset), split)
 
 
 def resolve_backend(name: str, shards: str | Path = "") -> str:

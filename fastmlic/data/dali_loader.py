@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, ShardEntry, SplitInfo
-from ..shards.storage import is_url, join
+from ..shards.format import IGNORE_EXT, IMAGE_EXT, LABEL_EXT, ShardEntry, SplitInfo, split_json_path
+from ..shards.storage import is_url
 from ..shards.verify import changed_shards, check_shard
 from .batch import DataError, LoaderBase, LoaderSpec, nhwc_to_channels_last
 
@@ -228,7 +228,7 @@ class DaliLoader(LoaderBase):
         if is_url(self.root):  # nothing to stat or re-read there: the record travels with the upload
             if info.image_check != "decode":
                 raise DataError(
-                    f"{join(self.root, info.split + '.json')}: the images of split {info.split!r} are not "
+                    f"{split_json_path(self.root, info.split)}: the images of split {info.split!r} are not "
                     f"known to decode, and DALI's decoder can crash the process on a corrupt JPEG. Check a "
                     f"local copy (python tools/make_shards.py --verify DIR) and upload it again, or use "
                     f"--data.backend=torch, which skips unreadable samples"
@@ -245,7 +245,7 @@ class DaliLoader(LoaderBase):
         else:
             why = "no check is recorded"
         verify = f"python tools/make_shards.py --verify {self.root}"
-        json_path = self.root / f"{info.split}.json"
+        json_path = split_json_path(self.root, info.split)
         if sum(e.bytes for e in unchecked) > SCAN_LIMIT_BYTES:
             raise DataError(
                 f"{json_path}: the images of split {info.split!r} are not known to decode ({why}), and "

@@ -83,8 +83,8 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
-def split_json_path(shard_dir: Path, split: str) -> Path:
-    return Path(shard_dir) / f"{split}.json"
+def split_json_path(shard_dir: Path | str, split: str) -> Path | str:
+    return join(shard_dir, f"{split}.json")
 
 
 def split_names(shard_dir: Path) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .format import encode_multi_hot
+
 
 @dataclass(frozen=True, slots=True)  # slots: millions of samples (Open Images) are held at once
 class Sample:
@@ -28,9 +30,7 @@ class Sample:
     def ignore_row(self, num_classes: int) -> np.ndarray:
         """uint8 [C], 1 = ignore this class for this image (unknown, or marked ignore by the reader)."""
         if self.negatives is None:
-            row = np.zeros(num_classes, np.uint8)
-            row[list(self.ignored)] = 1
-            return row
+            return np.frombuffer(encode_multi_hot(self.ignored, num_classes), np.uint8)
         row = np.ones(num_classes, np.uint8)
         row[list(self.positives)] = 0
         row[list(self.negatives)] = 0

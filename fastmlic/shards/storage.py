@@ -187,10 +187,10 @@ class HttpStore(Store):
     """Any web server or object store that serves files and answers Range requests (206)."""
 
     def read(self, name: str) -> bytes:
-        return self._get(name)[1]
+        return self._request(name)[1]
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
-        status, data = self._get(name, {"Range": f"bytes={offset}-{offset + size - 1}"})
+        status, data = self._request(name, {"Range": f"bytes={offset}-{offset + size - 1}"})
         if status != 206:  # the whole file came back: at shard sizes, unusable as random access
             raise StorageError(f"{self.url(name)}: the server ignores Range requests (HTTP {status}, not "
                                f"206); serve the shards from one that answers them, or copy them locally")
@@ -207,16 +207,14 @@ class HttpStore(Store):
         with ThreadPoolExecutor(8) as pool:
             return dict(zip(names, pool.map(size, names), strict=True))
 
-    def _get(self, name: str, headers: dict | None = None) -> tuple[int, bytes]:
-        return self._request(name, headers=headers or {}, body=True)
-
-    def _request(self, name: str, headers: dict | None = None, method: str = "GET", body: bool = False):
+    def _request(self, name: str, headers: dict | None = None, method: str = "GET"):
+        """(status, body) of a GET, (status, headers) of a HEAD; errors name the URL."""
         url = self.url(name)
         request = urllib.request.Request(url, headers=headers or {}, method=method)
         for attempt in range(RETRIES):
             try:
                 with urllib.request.urlopen(request, timeout=timeout_s()) as response:
-                    return response.status, (response.read() if body else response.headers)
+                    return response.status, (response.headers if method == "HEAD" else response.read())
             except urllib.error.HTTPError as e:
                 if e.code == 404:
                     raise ObjectMissing(f"{url}: HTTP 404 (not found)") from None
