@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import os
 from array import array
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -73,9 +74,7 @@ def read_classes(root: Path) -> tuple[list[str], list[str], set[str]]:
     if len(set(mids)) != len(mids):
         raise AnnotationError(f"{trainable}: lists a class more than once")
     shown = [names[m] for m in mids]
-    counts: dict[str, int] = {}
-    for name in shown:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(shown)
     unique = [f"{n} ({m})" if counts[n] > 1 else n for n, m in zip(shown, mids, strict=True)]
     return mids, unique, set(names)
 
